@@ -1,0 +1,1 @@
+"""Thin absl-flag binaries that reproduce the paper's experiments."""

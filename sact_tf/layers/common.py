@@ -1,0 +1,50 @@
+"""Small building blocks shared by units, heads and models."""
+
+import keras
+import tensorflow as tf
+
+
+def conv(filters, kernel_size, name, strides=1, use_bias=True,
+         weight_decay=0.0, bias_initializer='zeros', padding='same'):
+  """A He-initialised, L2-regularised `Conv2D` (kernel `[k, k, C_in, C_out]`)."""
+  return keras.layers.Conv2D(
+      filters, kernel_size, strides=strides, padding=padding,
+      use_bias=use_bias, kernel_initializer='he_normal',
+      bias_initializer=bias_initializer,
+      kernel_regularizer=(keras.regularizers.L2(weight_decay)
+                          if weight_decay else None),
+      name=name)
+
+
+def batch_norm(name, momentum, epsilon):
+  return keras.layers.BatchNormalization(
+      momentum=momentum, epsilon=epsilon, name=name)
+
+
+def fixed_padding(x, kernel_size):
+  """Pads `[B, H, W, C]` symmetrically by (k - 1) // 2 for a VALID conv.
+
+  Keras' 'same' pads (0, 1) on even inputs with stride 2; the reference
+  models pad both sides equally, which matters for their weights.
+  """
+  pad = (kernel_size - 1) // 2
+  return tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+
+
+def leaky_relu(x, alpha):
+  return tf.maximum(x, alpha * x)
+
+
+def mask_state(new, old, active):
+  """Keeps `old` where `active` is False; `active` is `[B]` or `[B, H, W]`."""
+  if active is None:
+    return new
+  mask = active
+  while mask.shape.rank < 4:
+    mask = mask[..., tf.newaxis]
+  return tf.where(mask, new, old)
+
+
+def same_size(size, stride):
+  """Output size of a stride-`stride` conv with 'same'/fixed padding."""
+  return (size + stride - 1) // stride

@@ -1,0 +1,239 @@
+"""Pre-activation residual units following the `unit(x, active)` protocol.
+
+A unit is called as `unit(x, active)` and returns the new state:
+
+* `active is None`: the unit is evaluated everywhere (the first unit of a
+  block, which may change stride and channels, and every unit of a plain
+  ResNet).
+* `active` is a bool mask, `[B]` (ACT: whole images) or `[B, H, W]` (SACT:
+  positions): the unit leaves the state unchanged where it is False. Stride
+  and channels must not change then.
+
+`unit.flops(input_shape, active)` gives the FLOPs per image (int64, a scalar
+when `active is None`, else `[B]`) of evaluating the unit under `active`, by
+the paper's convention: the first 1x1 conv over the active set dilated by a
+3x3 window, the other convs over the active set.
+"""
+
+import keras
+import tensorflow as tf
+
+from sact_tf import flops as flops_lib
+from sact_tf.layers import common
+
+
+def _check_masked_stride(unit, active):
+  if active is not None and unit.stride != 1:
+    raise ValueError(f'{unit.name}: a unit with stride {unit.stride} changes '
+                     'the resolution and must be the first unit of its block '
+                     '(called with active=None).')
+
+
+@keras.saving.register_keras_serializable('sact_tf')
+class BottleneckUnit(keras.layers.Layer):
+  """ImageNet pre-activation bottleneck unit (ResNet v2).
+
+  preact = ReLU(BN(x)); shortcut = x (subsampled) when the depth is unchanged,
+  else a 1x1 conv of preact with the unit's stride; residual = 1x1 (BN, ReLU)
+  -> 3x3 with stride (BN, ReLU) -> 1x1 with bias. Output = shortcut +
+  residual. Stride-2 3x3 convs pad symmetrically.
+
+  Args:
+    depth: output channels.
+    depth_bottleneck: channels of the 1x1 and 3x3 convs inside.
+    stride: stride of the 3x3 conv and of the shortcut.
+    bn_momentum, bn_epsilon: batch norm settings (0.997, 1e-5 for ImageNet).
+    weight_decay: Keras L2 factor on conv kernels.
+  """
+
+  def __init__(self, depth, depth_bottleneck, stride=1, bn_momentum=0.997,
+               bn_epsilon=1e-5, weight_decay=0.0, **kwargs):
+    super().__init__(**kwargs)
+    if stride not in (1, 2):
+      raise ValueError(f'stride must be 1 or 2, got {stride!r}.')
+    self.depth = int(depth)
+    self.depth_bottleneck = int(depth_bottleneck)
+    self.stride = stride
+    self.bn_momentum = bn_momentum
+    self.bn_epsilon = bn_epsilon
+    self.weight_decay = weight_decay
+    bn = lambda name: common.batch_norm(name, bn_momentum, bn_epsilon)
+    self.preact = bn('preact')
+    self.conv1 = common.conv(depth_bottleneck, 1, 'conv1', use_bias=False,
+                             weight_decay=weight_decay)
+    self.conv1_bn = bn('conv1_bn')
+    self.conv2 = common.conv(depth_bottleneck, 3, 'conv2', strides=stride,
+                             use_bias=False, weight_decay=weight_decay,
+                             padding='same' if stride == 1 else 'valid')
+    self.conv2_bn = bn('conv2_bn')
+    self.conv3 = common.conv(depth, 1, 'conv3', weight_decay=weight_decay)
+    self.shortcut = None
+
+  def build(self, input_shape):
+    # Sub-layers are built without spatial sizes: the units are fully
+    # convolutional, and a static size would make Keras validate VALID convs.
+    self.depth_in = int(input_shape[-1])
+    input_shape = (None, None, None, self.depth_in)
+    if self.depth_in != self.depth:
+      self.shortcut = common.conv(self.depth, 1, 'shortcut',
+                                  strides=self.stride,
+                                  weight_decay=self.weight_decay)
+      self.shortcut.build(input_shape)
+    self.preact.build(input_shape)
+    self.conv1.build(input_shape)
+    inner = (None, None, None, self.depth_bottleneck)
+    self.conv1_bn.build(inner)
+    self.conv2.build(inner)
+    self.conv2_bn.build(inner)
+    self.conv3.build(inner)
+
+  def call(self, x, active=None, training=None):
+    _check_masked_stride(self, active)
+    preact = tf.nn.relu(self.preact(x, training=training))
+    if self.shortcut is None:
+      shortcut = x[:, ::self.stride, ::self.stride, :]
+    else:
+      shortcut = self.shortcut(preact)
+    residual = tf.nn.relu(self.conv1_bn(self.conv1(preact), training=training))
+    if self.stride > 1:
+      residual = common.fixed_padding(residual, 3)
+    residual = tf.nn.relu(self.conv2_bn(self.conv2(residual),
+                                        training=training))
+    residual = self.conv3(residual)
+    return common.mask_state(shortcut + residual, x, active)
+
+  def compute_output_shape(self, input_shape):
+    def out(size):
+      return None if size is None else common.same_size(size, self.stride)
+    return (input_shape[0], out(input_shape[1]), out(input_shape[2]),
+            self.depth)
+
+  def flops(self, input_shape, active=None):
+    """FLOPs per image; `input_shape` is the (dynamic) shape of `x`."""
+    _check_masked_stride(self, active)
+    height, width = input_shape[1], input_shape[2]
+    conv = flops_lib.conv_flops
+    if active is None:
+      area_in = tf.cast(height * width, tf.int64)
+      area = tf.cast(common.same_size(height, self.stride)
+                     * common.same_size(width, self.stride), tf.int64)
+      dilated = area
+    else:
+      area, dilated = flops_lib.position_counts(active, height, width)
+      area_in = dilated
+    total = (conv(area_in, 1, self.depth_in, self.depth_bottleneck)
+             + conv(area, 3, self.depth_bottleneck, self.depth_bottleneck)
+             + conv(area, 1, self.depth_bottleneck, self.depth))
+    if self.shortcut is not None:
+      total += conv(area, 1, self.depth_in, self.depth)
+    return total
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(depth=self.depth, depth_bottleneck=self.depth_bottleneck,
+                  stride=self.stride, bn_momentum=self.bn_momentum,
+                  bn_epsilon=self.bn_epsilon, weight_decay=self.weight_decay)
+    return config
+
+
+@keras.saving.register_keras_serializable('sact_tf')
+class CifarUnit(keras.layers.Layer):
+  """CIFAR pre-activation basic unit, as in the authors' CIFAR models.
+
+  preact = leakyReLU(BN(x)); shortcut = preact if `activate_before_residual`
+  else x; when the depth changes, the shortcut is average-pooled by the stride
+  and zero-padded evenly on both sides of the channels. Residual: 3x3 conv with
+  stride (BN, leaky ReLU) -> 3x3 conv with bias. Convs use TF 'same' padding.
+
+  The authors' code applies the leaky ReLU after the first conv twice (its
+  conv and its batch norm both carry the activation), so the effective
+  negative slope there is alpha**2 = 0.01. Their published CIFAR numbers and
+  released checkpoint come from that model; `double_activation=True` (the
+  default) reproduces it.
+
+  Args:
+    depth: output channels.
+    stride: stride of the first conv and of the shortcut pooling.
+    activate_before_residual: take the shortcut after the pre-activation.
+    leakiness: negative slope of the leaky ReLU (0.1).
+    double_activation: apply the leaky ReLU twice after the first conv.
+    bn_momentum, bn_epsilon: batch norm settings (0.9, 1e-3 for CIFAR).
+    weight_decay: Keras L2 factor on conv kernels.
+  """
+
+  def __init__(self, depth, stride=1, activate_before_residual=False,
+               leakiness=0.1, double_activation=True, bn_momentum=0.9,
+               bn_epsilon=1e-3, weight_decay=0.0, **kwargs):
+    super().__init__(**kwargs)
+    if stride not in (1, 2):
+      raise ValueError(f'stride must be 1 or 2, got {stride!r}.')
+    self.depth = int(depth)
+    self.stride = stride
+    self.activate_before_residual = activate_before_residual
+    self.leakiness = leakiness
+    self.double_activation = double_activation
+    self.bn_momentum = bn_momentum
+    self.bn_epsilon = bn_epsilon
+    self.weight_decay = weight_decay
+    self.preact = common.batch_norm('preact', bn_momentum, bn_epsilon)
+    self.conv1 = common.conv(depth, 3, 'conv1', strides=stride,
+                             use_bias=False, weight_decay=weight_decay)
+    self.conv1_bn = common.batch_norm('conv1_bn', bn_momentum, bn_epsilon)
+    self.conv2 = common.conv(depth, 3, 'conv2', weight_decay=weight_decay)
+
+  def build(self, input_shape):
+    self.depth_in = int(input_shape[-1])
+    if self.depth_in > self.depth or (self.depth - self.depth_in) % 2:
+      raise ValueError(f'{self.name}: the zero-padded shortcut needs an even '
+                       f'channel increase, got {self.depth_in} -> '
+                       f'{self.depth}.')
+    input_shape = (None, None, None, self.depth_in)
+    self.preact.build(input_shape)
+    self.conv1.build(input_shape)
+    inner = (None, None, None, self.depth)
+    self.conv1_bn.build(inner)
+    self.conv2.build(inner)
+
+  def call(self, x, active=None, training=None):
+    _check_masked_stride(self, active)
+    act = lambda t: common.leaky_relu(t, self.leakiness)
+    preact = act(self.preact(x, training=training))
+    shortcut = preact if self.activate_before_residual else x
+    residual = act(self.conv1_bn(self.conv1(preact), training=training))
+    if self.double_activation:
+      residual = act(residual)
+    residual = self.conv2(residual)
+    if self.depth_in != self.depth:
+      shortcut = tf.nn.avg_pool2d(shortcut, self.stride, self.stride, 'SAME')
+      pad = (self.depth - self.depth_in) // 2
+      shortcut = tf.pad(shortcut, [[0, 0], [0, 0], [0, 0], [pad, pad]])
+    return common.mask_state(shortcut + residual, x, active)
+
+  def compute_output_shape(self, input_shape):
+    def out(size):
+      return None if size is None else common.same_size(size, self.stride)
+    return (input_shape[0], out(input_shape[1]), out(input_shape[2]),
+            self.depth)
+
+  def flops(self, input_shape, active=None):
+    """FLOPs per image; `input_shape` is the (dynamic) shape of `x`."""
+    _check_masked_stride(self, active)
+    height, width = input_shape[1], input_shape[2]
+    if active is None:
+      area = tf.cast(common.same_size(height, self.stride)
+                     * common.same_size(width, self.stride), tf.int64)
+      dilated = area
+    else:
+      area, dilated = flops_lib.position_counts(active, height, width)
+    return (flops_lib.conv_flops(dilated, 3, self.depth_in, self.depth)
+            + flops_lib.conv_flops(area, 3, self.depth, self.depth))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(depth=self.depth, stride=self.stride,
+                  activate_before_residual=self.activate_before_residual,
+                  leakiness=self.leakiness,
+                  double_activation=self.double_activation,
+                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                  weight_decay=self.weight_decay)
+    return config

@@ -1,0 +1,257 @@
+"""Pre-activation ResNets for ImageNet and CIFAR, plain, ACT or SACT.
+
+Calling a model on float images `[B, H, W, 3]` (any H and W) returns a dict:
+  logits: `[B, num_classes]`.
+  flops: int64 `[B]`, FLOPs of the whole network for each image.
+  ponder_cost: `[B]`, the block ponder costs summed (ACT/SACT only).
+  blockK/ponder_cost, blockK/ponder_map, blockK/num_units,
+  blockK/halting_distribution, blockK/flops: the block's outputs (see
+  `sact_tf.layers.blocks`); a plain ResNet gives num_units and flops.
+"""
+
+import keras
+import tensorflow as tf
+
+from sact_tf import architectures
+from sact_tf import flops as flops_lib
+from sact_tf import halting
+from sact_tf import losses
+from sact_tf.layers import blocks as blocks_lib
+from sact_tf.layers import common
+from sact_tf.layers import heads as heads_lib
+from sact_tf.layers import units as units_lib
+
+_BLOCK_KEYS = ('ponder_cost', 'ponder_map', 'num_units',
+               'halting_distribution', 'flops')
+
+
+def _make_block(model_type, units, make_head, eps, name):
+  if model_type == 'resnet':
+    return blocks_lib.ResNetBlock(units, name=name)
+  halting_heads = [make_head(f'unit_{i + 1}_halting')
+                   for i in range(len(units) - 1)]
+  block_cls = (blocks_lib.SACTBlock if model_type == 'sact' else
+               blocks_lib.ACTBlock)
+  return block_cls(units, halting_heads, eps=eps, name=name)
+
+
+@keras.saving.register_keras_serializable('sact_tf')
+class ResNet(keras.Model):
+  """A pre-activation ResNet whose blocks are plain, ACT or SACT.
+
+  Use `imagenet_resnet` or `cifar_resnet` to build one. Training with `fit`
+  adds the ponder loss tau * sum over blocks of the batch-mean ponder cost to
+  the compiled loss, which is applied to `logits`; Keras L2 regularisation is
+  on every conv kernel (`weight_decay`).
+
+  Args:
+    family: 'imagenet' (bottleneck units, SPEC.md section 2) or 'cifar'.
+    units: units per block (4 ints for ImageNet, 3 for CIFAR).
+    model_type: 'resnet', 'act' or 'sact'.
+    num_classes: classifier outputs.
+    base_channels: ImageNet: bottleneck width of block 1 (64 for the real
+      models); CIFAR: width of block 1 (16).
+    halting_bias_init: initial halting bias (-3).
+    eps: halting threshold 1 - eps, in (0, 1).
+    tau: ponder cost weight in the training loss, >= 0.
+    weight_decay: Keras L2 factor on conv kernels.
+  """
+
+  def __init__(self, family, units, model_type='sact', num_classes=1001,
+               base_channels=64, halting_bias_init=-3.0, eps=0.01, tau=0.0,
+               weight_decay=0.0, **kwargs):
+    kwargs.setdefault('name', 'resnet_v2' if family == 'imagenet'
+                      else 'resnet_residual')
+    super().__init__(**kwargs)
+    if family not in ('imagenet', 'cifar'):
+      raise ValueError(f"Unknown family {family!r}: allowed values are "
+                       "'imagenet' and 'cifar'.")
+    self.family = family
+    self.model_type = architectures.validate_model_type(model_type)
+    self.units_per_block = (architectures.imagenet_units(units=units)
+                            if family == 'imagenet' else
+                            architectures.cifar_units(units))
+    if int(num_classes) < 1:
+      raise ValueError(f'num_classes must be a positive int, got '
+                       f'{num_classes!r}.')
+    self.num_classes = int(num_classes)
+    if int(base_channels) < 1:
+      raise ValueError(f'base_channels must be a positive int, got '
+                       f'{base_channels!r}.')
+    self.base_channels = int(base_channels)
+    self.halting_bias_init = float(halting_bias_init)
+    self.eps = halting.validate_eps(eps)
+    self.tau = losses.validate_tau(tau)
+    self.weight_decay = float(weight_decay)
+    if family == 'imagenet':
+      self._build_imagenet()
+    else:
+      self._build_cifar()
+
+  def _build_imagenet(self):
+    wd = self.weight_decay
+    bn = dict(bn_momentum=0.997, bn_epsilon=1e-5)
+    self.stem_conv = common.conv(architectures.IMAGENET_STEM_CHANNELS, 7,
+                                 'conv1', strides=2, padding='valid',
+                                 weight_decay=wd)
+    make_head = lambda name: (
+        heads_lib.SACTHaltingHead if self.model_type == 'sact' else
+        heads_lib.ACTHaltingHead)(halting_bias_init=self.halting_bias_init,
+                                  weight_decay=wd, name=name, **bn)
+    self.blocks = []
+    for b, num_units in enumerate(self.units_per_block):
+      depth, bottleneck, stride = architectures.imagenet_block(
+          b, self.base_channels)
+      units = [units_lib.BottleneckUnit(
+          depth, bottleneck, stride if u == 0 else 1, weight_decay=wd,
+          name=f'unit_{u + 1}', **bn) for u in range(num_units)]
+      self.blocks.append(_make_block(self.model_type, units, make_head,
+                                     self.eps, f'block{b + 1}'))
+    self.postnorm = common.batch_norm('postnorm', 0.997, 1e-5)
+    self.logits_conv = common.conv(self.num_classes, 1, 'logits',
+                                   weight_decay=wd)
+
+  def _build_cifar(self):
+    wd = self.weight_decay
+    bn = dict(bn_momentum=0.9, bn_epsilon=1e-3)
+    self.stem_conv = common.conv(self.base_channels, 3, 'conv', weight_decay=wd)
+    make_head = lambda name: (
+        heads_lib.SACTHaltingHead if self.model_type == 'sact' else
+        heads_lib.ACTHaltingHead)(halting_bias_init=self.halting_bias_init,
+                                  leakiness=0.1, weight_decay=wd, name=name,
+                                  **bn)
+    self.blocks = []
+    for b, num_units in enumerate(self.units_per_block):
+      depth, stride = architectures.cifar_block(b, self.base_channels)
+      units = [units_lib.CifarUnit(
+          depth, stride if u == 0 else 1,
+          activate_before_residual=(b == 0 and u == 0), weight_decay=wd,
+          name=f'unit_{u + 1}', **bn) for u in range(num_units)]
+      self.blocks.append(_make_block(self.model_type, units, make_head,
+                                     self.eps, f'block_{b + 1}'))
+    self.postnorm = common.batch_norm('postnorm', 0.9, 1e-3)
+    self.logits_conv = common.conv(self.num_classes, 1, 'logits',
+                                   weight_decay=wd)
+
+  @property
+  def block_names(self):
+    """Output key prefixes of the blocks: 'block1'... ('block_1'... CIFAR)."""
+    return [block.name for block in self.blocks]
+
+  def _validate_images(self, images):
+    if images.shape.rank != 4:
+      raise ValueError(f'images must have shape [batch, height, width, 3] '
+                       f'(rank 4), got shape {images.shape}.')
+    if images.shape[-1] != 3:
+      raise ValueError(f'images must have 3 channels (RGB) in the last '
+                       f'dimension, got shape {images.shape}.')
+    if not images.dtype.is_floating:
+      raise ValueError(
+          f'images must be float (e.g. scaled to [-1, 1]), got dtype '
+          f'{images.dtype.name}; convert with tf.cast(images, tf.float32) and '
+          'rescale first.')
+
+  def _stem(self, images):
+    if self.family == 'imagenet':
+      x = self.stem_conv(common.fixed_padding(images, 7))
+      flops = flops_lib.conv_flops(
+          tf.cast(tf.shape(x)[1] * tf.shape(x)[2], tf.int64), 7, 3,
+          architectures.IMAGENET_STEM_CHANNELS)
+      return tf.nn.max_pool2d(x, 3, 2, 'SAME'), flops
+    x = self.stem_conv(images)
+    flops = flops_lib.conv_flops(
+        tf.cast(tf.shape(x)[1] * tf.shape(x)[2], tf.int64), 3, 3,
+        self.base_channels)
+    return x, flops
+
+  def _head(self, x, training):
+    if self.family == 'imagenet':
+      x = tf.nn.relu(self.postnorm(x, training=training))
+      x = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    else:
+      x = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+      x = common.leaky_relu(self.postnorm(x, training=training), 0.1)
+    flops = flops_lib.conv_flops(1, 1, int(x.shape[-1]), self.num_classes)
+    return self.logits_conv(x)[:, 0, 0, :], flops
+
+  def call(self, images, training=None):
+    images = tf.convert_to_tensor(images)
+    self._validate_images(images)
+    x, flops = self._stem(images)
+    outputs = {}
+    ponder_cost = 0.0
+    for block in self.blocks:
+      block_out = block(x, training=training)
+      x = block_out['output']
+      flops += block_out['flops']
+      for key in _BLOCK_KEYS:
+        if key in block_out:
+          outputs[f'{block.name}/{key}'] = block_out[key]
+      if 'ponder_cost' in block_out:
+        ponder_cost += block_out['ponder_cost']
+    logits, head_flops = self._head(x, training)
+    outputs['logits'] = logits
+    outputs['flops'] = flops + head_flops
+    if self.model_type != 'resnet':
+      outputs['ponder_cost'] = ponder_cost
+    return outputs
+
+  def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                   training=True):
+    loss = super().compute_loss(x, y, y_pred['logits'], sample_weight,
+                                training=training)
+    if self.model_type != 'resnet' and self.tau:
+      loss += losses.ponder_loss(y_pred, self.tau)
+    return loss
+
+  def compute_metrics(self, x, y, y_pred, sample_weight=None):
+    return super().compute_metrics(x, y, y_pred['logits'], sample_weight)
+
+  def get_config(self):
+    return {
+        'family': self.family,
+        'units': list(self.units_per_block),
+        'model_type': self.model_type,
+        'num_classes': self.num_classes,
+        'base_channels': self.base_channels,
+        'halting_bias_init': self.halting_bias_init,
+        'eps': self.eps,
+        'tau': self.tau,
+        'weight_decay': self.weight_decay,
+        'name': self.name,
+    }
+
+
+def imagenet_resnet(depth=None, units=None, model_type='sact',
+                    num_classes=1001, base_channels=64, halting_bias_init=-3.0,
+                    eps=0.01, tau=0.0, weight_decay=5e-5, name='resnet_v2'):
+  """ImageNet pre-activation ResNet (SPEC.md section 2).
+
+  Give `depth` (50, 101, 152, 200) or `units` (four ints); with neither, the
+  ResNet-101 layout [3, 4, 23, 3]. Downsampling is in the first unit of
+  blocks 2-4; the stem is a 7x7 stride-2 conv with 64 channels and a 3x3
+  stride-2 max pool; 1001 classes (0 = background) as in the authors' models.
+  Weight decay 5e-5 (Keras L2) is the paper's 1e-4 in slim terms.
+  """
+  if depth is None and units is None:
+    depth = 101
+  units = architectures.imagenet_units(depth, units)
+  return ResNet('imagenet', units, model_type=model_type,
+                num_classes=num_classes, base_channels=base_channels,
+                halting_bias_init=halting_bias_init, eps=eps, tau=tau,
+                weight_decay=weight_decay, name=name)
+
+
+def cifar_resnet(units=5, model_type='sact', num_classes=10, base_channels=16,
+                 halting_bias_init=-3.0, eps=0.01, tau=0.0, weight_decay=1e-4,
+                 name='resnet_residual'):
+  """CIFAR pre-activation ResNet-(6n+2) as in the authors' CIFAR code.
+
+  `units` is n (5: ResNet-32, 18: ResNet-110) or three ints. Weight decay
+  1e-4 (Keras L2) is the authors' 2e-4 in slim terms.
+  """
+  return ResNet('cifar', architectures.cifar_units(units),
+                model_type=model_type, num_classes=num_classes,
+                base_channels=base_channels,
+                halting_bias_init=halting_bias_init, eps=eps, tau=tau,
+                weight_decay=weight_decay, name=name)

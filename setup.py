@@ -1,0 +1,26 @@
+"""sact_tf: Spatially Adaptive Computation Time for ResNets in TF2 / Keras 3."""
+
+import setuptools
+
+setuptools.setup(
+    name='sact_tf',
+    version='0.1.0',
+    description=('Spatially Adaptive Computation Time (Figurnov et al., CVPR '
+                 '2017) for residual networks in TensorFlow 2 / Keras 3.'),
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=setuptools.find_packages(include=['sact_tf', 'sact_tf.*',
+                                               'experiments', 'experiments.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'tensorflow>=2.16',
+        'tensorflow-datasets>=4.9',
+        'numpy',
+        'absl-py',
+        'pycocotools',
+    ],
+    extras_require={
+        'test': ['pytest', 'scipy', 'scikit-learn'],
+    },
+    license='Apache-2.0',
+)
