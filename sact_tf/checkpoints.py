@@ -8,6 +8,7 @@ built model, refusing to leave any model variable unmatched.
 """
 
 import collections
+import os
 import re
 
 import numpy as np
@@ -101,7 +102,7 @@ def load_authors_checkpoint(model, checkpoint_path):
     raise ValueError('\n'.join(parts))
   try:
     values = {name: reader.get_tensor(name) for name in model_names}
-  except (tf.errors.OpError, ValueError) as e:
+  except (tf.errors.OpError, ValueError, IndexError) as e:
     raise ValueError(f'Cannot read the values of checkpoint '
                      f'{checkpoint_path} (truncated or corrupt?): {e}') from e
   for name, variable in model_names.items():
@@ -109,3 +110,32 @@ def load_authors_checkpoint(model, checkpoint_path):
   global_step = (int(reader.get_tensor('global_step'))
                  if reader.has_tensor('global_step') else None)
   return LoadSummary(len(model_names), global_step, checkpoint_path)
+
+
+def save_authors_checkpoint(model, checkpoint_path, global_step=None):
+  """Writes a model's variables as a checkpoint in the authors' naming.
+
+  The inverse of `load_authors_checkpoint`, e.g. to hand a sact_tf model to
+  the authors' TF1 code or to test an import.
+
+  Args:
+    model: a built `sact_tf.models.ResNet`.
+    checkpoint_path: the checkpoint prefix to write (its folder must exist).
+    global_step: optional int stored as `global_step`, as the authors did.
+
+  Returns:
+    `checkpoint_path`.
+  """
+  if not model.built or not model.variables:
+    raise ValueError('Build the model first (call it on a batch of images).')
+  folder = os.path.dirname(checkpoint_path) or '.'
+  if not tf.io.gfile.isdir(folder):
+    raise ValueError(f'Folder {folder} of checkpoint_path does not exist.')
+  names = [authors_name(model, v) for v in model.variables]
+  tensors = [tf.convert_to_tensor(v) for v in model.variables]
+  if global_step is not None:
+    names.append('global_step')
+    tensors.append(tf.constant(global_step, tf.int64))
+  tf.raw_ops.SaveV2(prefix=checkpoint_path, tensor_names=names,
+                    shape_and_slices=[''] * len(names), tensors=tensors)
+  return checkpoint_path
