@@ -18,9 +18,11 @@ setuptools.setup(
         'numpy',
         'absl-py',
         'pycocotools',
+        # Ships the offline demo data: handwritten digits and sample photos.
+        'scikit-learn',
     ],
     extras_require={
-        'test': ['pytest', 'scipy', 'scikit-learn'],
+        'test': ['pytest', 'scipy'],
     },
     license='Apache-2.0',
 )
