@@ -20,9 +20,11 @@ setuptools.setup(
         'pycocotools',
         # Ships the offline demo data: handwritten digits and sample photos.
         'scikit-learn',
+        # Gaussian filters for saliency maps and MATLAB .mat fixation files.
+        'scipy',
     ],
     extras_require={
-        'test': ['pytest', 'scipy'],
+        'test': ['pytest'],
     },
     license='Apache-2.0',
 )
