@@ -22,6 +22,8 @@ setuptools.setup(
         'scikit-learn',
         # Gaussian filters for saliency maps and MATLAB .mat fixation files.
         'scipy',
+        # Colour maps, colour bars and plots of ponder maps.
+        'matplotlib',
     ],
     extras_require={
         'test': ['pytest'],

@@ -1,0 +1,141 @@
+"""Ponder-map pictures: colour maps, overlays, colour bars, TensorBoard images.
+
+In-graph functions (`colorize`, `total_ponder_map`, `summary_image`) are
+TensorFlow ops for summaries and serving; `write_png` and `colorbar_png`
+write files. Colour maps come from matplotlib's tables (viridis by default).
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+# The authors' overlay: image * (1 - 0.75) + 0.75 * heat.
+OVERLAY_ALPHA = 0.75
+
+
+def colormap_table(name='viridis', size=256):
+  """`[size, 3]` float32 RGB table in [0, 1] of a matplotlib colour map."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  try:
+    cmap = matplotlib.colormaps[name]
+  except KeyError:
+    raise ValueError(f'Unknown colour map {name!r}; see '
+                     'matplotlib.colormaps for the names.') from None
+  return cmap(np.linspace(0.0, 1.0, size))[:, :3].astype(np.float32)
+
+
+def colorize(values, vmin, vmax, cmap='viridis'):
+  """Maps `[..., H, W]` values to RGB in [0, 1], `[..., H, W, 3]`.
+
+  Values are clipped to [vmin, vmax].
+  """
+  table = tf.constant(colormap_table(cmap))
+  values = tf.convert_to_tensor(values, tf.float32)
+  scale = tf.maximum(tf.cast(vmax, tf.float32) - tf.cast(vmin, tf.float32),
+                     1e-12)
+  unit = tf.clip_by_value((values - vmin) / scale, 0.0, 1.0)
+  index = tf.cast(tf.round(unit * (table.shape[0] - 1)), tf.int32)
+  return tf.gather(table, index)
+
+
+def block_ponder_maps(outputs):
+  """The `blockK/ponder_map` entries of a model's outputs, in block order."""
+  keys = sorted((k for k in outputs if k.endswith('/ponder_map')),
+                key=lambda k: (len(k), k))
+  if not keys:
+    raise ValueError('The outputs hold no ponder maps: is this a plain ResNet '
+                     "(model_type='resnet')?")
+  return [outputs[k] for k in keys]
+
+
+def total_ponder_map(outputs, size):
+  """Sum over blocks of the ponder maps, nearest-upsampled to `size`.
+
+  Args:
+    outputs: a model's output dict.
+    size: `(height, width)` of the result, e.g. the first block's
+      resolution or the input image's.
+
+  Returns:
+    `[B, height, width]` float32.
+  """
+  total = 0.0
+  for ponder_map in block_ponder_maps(outputs):
+    total += tf.image.resize(ponder_map[..., tf.newaxis], size,
+                             method='nearest')[..., 0]
+  return total
+
+
+def max_ponder_value(units_per_block):
+  """The largest possible summed ponder cost: sum over blocks of L + 1."""
+  return float(sum(units + 1 for units in units_per_block))
+
+
+def overlay(images, heat, alpha=OVERLAY_ALPHA):
+  """Blends `[B, H, W, 3]` images in [0, 1] with heat colours in [0, 1]."""
+  return images * (1.0 - alpha) + alpha * heat
+
+
+def summary_image(images, ponder_map, max_value, border=4):
+  """[image | border | overlay] as in the authors' TensorBoard summaries.
+
+  Args:
+    images: `[B, H, W, 3]` float images in [-1, 1].
+    ponder_map: `[B, h, w]` ponder costs (upsampled with nearest neighbours).
+    max_value: the value mapped to the top colour (see `max_ponder_value`).
+    border: white columns between the two halves.
+
+  Returns:
+    `[B, H, 2 W + border, 3]` float32 in [0, 1].
+  """
+  images = (tf.convert_to_tensor(images, tf.float32) + 1.0) / 2.0
+  size = tf.shape(images)[1:3]
+  ponder = tf.image.resize(ponder_map[..., tf.newaxis], size,
+                           method='nearest')[..., 0]
+  heat = colorize(ponder, 0.0, max_value)
+  blank = tf.ones([tf.shape(images)[0], size[0], border, 3])
+  return tf.concat([images, blank, overlay(images, heat)], axis=2)
+
+
+def write_png(path, image):
+  """Writes `[H, W, 3]` uint8 (or float in [0, 1]) atomically as PNG."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+  data = tf.io.encode_png(image).numpy()
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, suffix='.png.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def colorbar_png(path, vmin, vmax, cmap='viridis', label='ponder cost'):
+  """Writes a labelled vertical colour bar as a PNG (matplotlib, Agg)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  figure, axis = plt.subplots(figsize=(1.4, 4.0), dpi=100)
+  try:
+    norm = matplotlib.colors.Normalize(vmin=vmin, vmax=vmax)
+    figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap),
+                    cax=axis, label=label)
+    figure.tight_layout()
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.png.tmp')
+    os.close(fd)
+    try:
+      figure.savefig(tmp, format='png')
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  finally:
+    plt.close(figure)
