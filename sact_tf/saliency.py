@@ -123,3 +123,87 @@ def ponder_saliency(ponder_map, shape, blur_sigma, center_weight,
     return saliency
   return ((1 - center_weight) * saliency
           + center_weight * center_baseline(shape[0], shape[1], center_sigma))
+
+
+BLUR_GRID = (0.0, 0.01, 0.02, 0.04, 0.08)
+CENTER_SIGMA_GRID = (0.15, 0.2, 0.25, 0.3, 0.4)
+CENTER_WEIGHT_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8)
+
+
+def _mean_auc(saliency_maps, data):
+  scores = [auc_judd(s, f) for s, (_, f, _) in zip(saliency_maps, data)]
+  return (float(np.nanmean(scores)) if not np.all(np.isnan(scores))
+          else float('nan')), scores
+
+
+def _center(ponder_map, fixations, center_sigma):
+  del ponder_map
+  return center_baseline(fixations.shape[0], fixations.shape[1],
+                         center_sigma)
+
+
+def _ponder(ponder_map, fixations, blur, center_weight=0.0,
+            center_sigma=0.25):
+  return ponder_saliency(ponder_map, fixations.shape, blur, center_weight,
+                         center_sigma)
+
+
+def _tune(data, make, grid):
+  """The grid entry with the best mean AUC-Judd on `data`."""
+  def score(params):
+    mean, _ = _mean_auc([make(p, f, **params) for p, f, _ in data], data)
+    return -1.0 if np.isnan(mean) else mean
+  return max(grid, key=score)
+
+
+def evaluate_protocol(tune, test, blur_grid=BLUR_GRID,
+                      center_sigma_grid=CENTER_SIGMA_GRID,
+                      center_weight_grid=CENTER_WEIGHT_GRID):
+  """The paper's saliency protocol (section 4.3) on ponder maps.
+
+  Parameters are chosen by mean AUC-Judd on `tune` (the first half of each
+  category) and scores reported on `test` (the second half), for three rows:
+
+  * `center_baseline`: the centre Gaussian alone (its width tuned);
+  * `ponder`: the blurred, normalised ponder map alone (blur tuned);
+  * `ponder_center`: the ponder map mixed with the tuned centre Gaussian
+    (blur and mixing weight tuned).
+
+  Every AUC-Judd is computed at the fixation maps' resolution, as the
+  benchmark defines it, so the cost grows with the grid size times the
+  number of images times the fixation map size.
+
+  Args:
+    tune, test: lists of `(ponder_map [h, w], fixation_map [H, W],
+      category)` triples.
+    blur_grid: blur widths, fractions of the larger side.
+    center_sigma_grid: centre Gaussian widths, fractions of each axis.
+    center_weight_grid: weights of the centre Gaussian in the mix.
+
+  Returns:
+    A dict keyed by row name, each with `auc` (mean over the test images
+    that have fixations), `per_category` and `params`.
+  """
+  if not tune or not test:
+    raise ValueError('Both the tuning and the test set need images.')
+  center = _tune(tune, _center, [dict(center_sigma=s)
+                                 for s in center_sigma_grid])
+  ponder = _tune(tune, _ponder, [dict(blur=b) for b in blur_grid])
+  mixed = _tune(tune, _ponder, [
+      dict(blur=b, center_weight=w, center_sigma=center['center_sigma'])
+      for b in blur_grid for w in center_weight_grid])
+  categories = sorted({c for _, _, c in test})
+  results = {}
+  for name, make, params in (('center_baseline', _center, center),
+                             ('ponder', _ponder, ponder),
+                             ('ponder_center', _ponder, mixed)):
+    mean, scores = _mean_auc([make(p, f, **params) for p, f, _ in test],
+                             test)
+    per_category = {}
+    for category in categories:
+      values = [s for s, (_, _, c) in zip(scores, test) if c == category]
+      per_category[category] = (float(np.nanmean(values))
+                                if not np.all(np.isnan(values))
+                                else float('nan'))
+    results[name] = dict(auc=mean, per_category=per_category, params=params)
+  return results

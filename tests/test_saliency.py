@@ -78,3 +78,30 @@ def test_ponder_saliency_mixes_with_the_center():
   assert 0.0 <= mixed.min() and mixed.max() <= 1.0
   only_map = saliency.ponder_saliency(ponder, (50, 80), 0.05, 0.0)
   assert only_map.argmax() == 0
+
+
+def test_protocol_tunes_on_one_half_and_reports_the_other():
+  rng = np.random.default_rng(0)
+
+  def example(category):
+    fixations = np.zeros((36, 64))
+    # Fixations off-centre, where the "ponder map" is high.
+    row, col = rng.integers(4, 12), rng.integers(40, 58)
+    fixations[row - 2:row + 2, col - 2:col + 2] = 1
+    ponder = rng.uniform(0, 0.2, (9, 16))
+    ponder[row // 4, col // 4] += 3.0
+    return ponder, fixations, category
+
+  tune = [example(c) for c in ('A', 'B') for _ in range(3)]
+  test = [example(c) for c in ('A', 'B') for _ in range(3)]
+  test.append((np.ones((9, 16)), np.zeros((36, 64)), 'B'))  # no fixations
+  results = saliency.evaluate_protocol(tune, test, blur_grid=(0.0, 0.05),
+                                       center_sigma_grid=(0.2, 0.3),
+                                       center_weight_grid=(0.0, 0.5))
+  assert set(results) == {'center_baseline', 'ponder', 'ponder_center'}
+  assert results['ponder']['auc'] > 0.9 > results['center_baseline']['auc']
+  assert results['ponder_center']['auc'] >= results['ponder']['auc'] - 0.02
+  assert set(results['ponder']['per_category']) == {'A', 'B'}
+  assert results['ponder_center']['params']['center_sigma'] in (0.2, 0.3)
+  with pytest.raises(ValueError, match='need images'):
+    saliency.evaluate_protocol([], test)
