@@ -117,25 +117,22 @@ def write_png(path, image):
     raise
 
 
+def colorbar_image(vmin, vmax, cmap='viridis', label='ponder cost'):
+  """A labelled vertical colour bar, uint8 `[H, W, 3]` (matplotlib, Agg)."""
+  from matplotlib import cm  # pylint: disable=g-import-not-at-top
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
+  figure = figure_lib.Figure(figsize=(1.4, 4.0), dpi=100)
+  canvas = backend_agg.FigureCanvasAgg(figure)
+  axis = figure.add_subplot()
+  figure.colorbar(cm.ScalarMappable(norm=colors.Normalize(vmin, vmax),
+                                    cmap=cmap), cax=axis, label=label)
+  figure.tight_layout()
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def colorbar_png(path, vmin, vmax, cmap='viridis', label='ponder cost'):
-  """Writes a labelled vertical colour bar as a PNG (matplotlib, Agg)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  figure, axis = plt.subplots(figsize=(1.4, 4.0), dpi=100)
-  try:
-    norm = matplotlib.colors.Normalize(vmin=vmin, vmax=vmax)
-    figure.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap),
-                    cax=axis, label=label)
-    figure.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.png.tmp')
-    os.close(fd)
-    try:
-      figure.savefig(tmp, format='png')
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-  finally:
-    plt.close(figure)
+  """Writes `colorbar_image` as a PNG, atomically."""
+  write_png(path, colorbar_image(vmin, vmax, cmap, label))
