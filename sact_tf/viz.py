@@ -136,3 +136,42 @@ def colorbar_image(vmin, vmax, cmap='viridis', label='ponder cost'):
 def colorbar_png(path, vmin, vmax, cmap='viridis', label='ponder cost'):
   """Writes `colorbar_image` as a PNG, atomically."""
   write_png(path, colorbar_image(vmin, vmax, cmap, label))
+
+
+def plot_flops_accuracy(runs, path, title='FLOPs vs accuracy'):
+  """Draws a fig. 7-style FLOPs-accuracy plot of several runs to a PNG.
+
+  Args:
+    runs: list of dicts with `label`, `flops` (mean per image), `accuracy`
+      (in [0, 1] or percent) and optionally `group` (e.g. the model type):
+      runs of a group are joined by a line in FLOPs order.
+    path: PNG file to write (atomically).
+    title: plot title.
+  """
+  if not runs:
+    raise ValueError('Nothing to plot: runs is empty.')
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
+  figure = figure_lib.Figure(figsize=(6.0, 4.5), dpi=100)
+  canvas = backend_agg.FigureCanvasAgg(figure)
+  axis = figure.add_subplot()
+  groups = {}
+  for run in runs:
+    groups.setdefault(run.get('group', run['label']), []).append(run)
+  for group, members in groups.items():
+    members = sorted(members, key=lambda r: r['flops'])
+    flops = [r['flops'] for r in members]
+    accuracy = [r['accuracy'] for r in members]
+    axis.plot(flops, accuracy, marker='o', label=group)
+    for run in members:
+      if run['label'] != group:
+        axis.annotate(run['label'], (run['flops'], run['accuracy']),
+                      textcoords='offset points', xytext=(4, 4), fontsize=8)
+  axis.set_xlabel('FLOPs per image')
+  axis.set_ylabel('accuracy')
+  axis.set_title(title)
+  axis.grid(True, alpha=0.3)
+  axis.legend()
+  figure.tight_layout()
+  canvas.draw()
+  write_png(path, np.asarray(canvas.buffer_rgba())[..., :3])

@@ -51,3 +51,16 @@ def test_pngs_are_written_whole(tmp_path):
   decoded = tf.io.decode_png(tf.io.read_file(bar))
   assert decoded.shape[0] > decoded.shape[1] > 50
   assert sorted(os.listdir(tmp_path)) == ['bar.png', 'map.png']
+
+
+def test_flops_accuracy_plot(tmp_path):
+  path = os.path.join(tmp_path, 'fig7.png')
+  viz.plot_flops_accuracy([
+      dict(label='ResNet-101', flops=15.6e9, accuracy=0.760, group='resnet'),
+      dict(label='tau=0.005', flops=11.1e9, accuracy=0.756, group='sact'),
+      dict(label='tau=0.01', flops=9.0e9, accuracy=0.745, group='sact'),
+  ], path)
+  image = tf.io.decode_png(tf.io.read_file(path)).numpy()
+  assert image.shape == (450, 600, 3) and image.std() > 0
+  with pytest.raises(ValueError, match='empty'):
+    viz.plot_flops_accuracy([], path)
