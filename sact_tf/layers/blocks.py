@@ -12,12 +12,32 @@ Calling a block returns a dict:
   num_units: int32 `[B]` (ACT) or `[B, H, W]` (SACT), units evaluated, N.
   halting_distribution: `[B, L]` or `[B, H, W, L]`, the weights p.
   flops: int64 `[B]`, FLOPs of the units and heads actually evaluated.
+
+Sparse execution (`sparse=True`, the default, with `training` falsy):
+  ACT: the units run on the images still active only. The block keeps the
+    state of those images as a working batch, evaluates each unit and halting
+    head on it with `active=None`, adds the weighted result to the output
+    rows of those images, and drops images from it as they halt. This lives
+    in the block rather than in the units because the working batch carries
+    over from unit to unit: an image leaves it once, when it halts, instead
+    of every unit gathering and scattering the active images.
+  SACT: the units and halting heads are told the active positions and
+    evaluate there only (see `sact_tf.layers.units`); below
+    `dense_fraction` active, the block also adds the weighted states to its
+    output at the active positions only.
+Training-mode calls evaluate densely and mask, as the authors' code did:
+batch-norm statistics over the gathered images or positions would differ.
+Either way the outputs agree up to float rounding, and the ponder costs and
+FLOPs are the same.
 """
+
+import inspect
 
 import keras
 import tensorflow as tf
 
 from sact_tf import halting
+from sact_tf import sparse as sparse_lib
 
 
 def _serialize_list(layers):
@@ -38,6 +58,16 @@ def _expand_to_state(weight):
   while weight.shape.rank < 4:
     weight = weight[..., tf.newaxis]
   return weight
+
+
+@tf.function(jit_compile=True)
+def _add_weighted(output, weight, state):
+  """output + weight * state, with `weight` `[B]` or `[B, H, W]`.
+
+  One fused pass over the state instead of a multiply and an add: this is
+  the inner loop of a dense block at full activity.
+  """
+  return output + _expand_to_state(weight) * state
 
 
 class _Block(keras.layers.Layer):
@@ -98,7 +128,7 @@ class _HaltingBlock(_Block):
 
   spatial = None
 
-  def __init__(self, units, halting_heads, eps=0.01, **kwargs):
+  def __init__(self, units, halting_heads, eps=0.01, sparse=True, **kwargs):
     super().__init__(units, **kwargs)
     halting_heads = list(halting_heads)
     if len(halting_heads) != len(self.units) - 1:
@@ -106,71 +136,96 @@ class _HaltingBlock(_Block):
           f'A block of {len(self.units)} units needs {len(self.units) - 1} '
           f'halting heads (the last unit halts by definition), got '
           f'{len(halting_heads)}.')
+    if not isinstance(sparse, bool):
+      raise ValueError(f'sparse must be True or False, got {sparse!r}.')
     self.halting_heads = halting_heads
     self.eps = halting.validate_eps(eps)
+    self.sparse = sparse
+    for layer in self._sparse_capable():
+      layer.sparse = sparse
+    self._heads_take_active = [
+        'active' in inspect.signature(head.call).parameters
+        for head in halting_heads]
+
+  def _sparse_capable(self):
+    """The units and heads that can evaluate sparsely (have `sparse`)."""
+    return [layer for layer in self.units + self.halting_heads
+            if hasattr(layer, 'sparse')]
 
   def build(self, input_shape):
     state_shape = self._build_units(tuple(input_shape))
     for head in self.halting_heads:
       _build_once(head, state_shape)
 
-  def _evaluate(self, index, x, active, training):
-    """Unit `index` and its halting head: (state, halting scores, FLOPs)."""
+  def _evaluate(self, index, x, active, training, unit_active):
+    """Unit `index` and its halting head on `x`.
+
+    Args:
+      index: the unit (Python int).
+      x: the state the unit reads, `[B, H, W, C]` or a working subset.
+      active: the block's mask before the unit (None for the first unit);
+        FLOPs are counted from it.
+      training: the Keras training flag.
+      unit_active: the mask the unit and the head are given.
+
+    Returns:
+      (new state, halting scores of the shape of `x`'s mask, FLOPs `[B]`).
+    """
     unit = self.units[index]
     flops = unit.flops(tf.shape(x), active)
-    x = unit(x, active, training=training)
+    x = unit(x, unit_active, training=training)
     mask_shape = self._mask_shape(x)
     if index < len(self.halting_heads):
       head = self.halting_heads[index]
-      halting_proba = tf.reshape(head(x, training=training), mask_shape)
+      if self._heads_take_active[index]:
+        halting_proba = head(x, unit_active, training=training)
+      else:
+        halting_proba = head(x, training=training)
+      halting_proba = tf.reshape(halting_proba, mask_shape)
       flops += head.flops(tf.shape(x), active)
     else:
       halting_proba = tf.ones(mask_shape, x.dtype)
-    return x, halting_proba, tf.broadcast_to(flops, mask_shape[:1])
+    batch = tf.shape(x if active is None else active)[:1]
+    return x, halting_proba, tf.broadcast_to(flops, batch)
 
   def _mask_shape(self, x):
     shape = tf.shape(x)
     return shape[:3] if self.spatial else shape[:1]
 
+  def _next_unit(self, index, x, active, training, unit_active):
+    """Units 2..L chosen by the loop index: `_evaluate` of unit `index`."""
+    def branch(k):
+      # k is bound now: a closure over the loop variable would make every
+      # branch call the last unit.
+      return lambda: self._evaluate(k, x, active, training, unit_active)
+    new_x, halting_proba, flops = tf.switch_case(
+        index - 1, [branch(k) for k in range(1, len(self.units))])
+    new_x.set_shape(x.shape)
+    return new_x, halting_proba, flops
+
+  def _distribution_step(self, distribution, weight, index):
+    return distribution + weight[..., tf.newaxis] * tf.one_hot(
+        index, len(self.units), dtype=weight.dtype)
+
   def call(self, inputs, training=None):
-    num_units = len(self.units)
-    x, halting_proba, flops = self._evaluate(0, inputs, None, training)
+    x, halting_proba, flops = self._evaluate(0, inputs, None, training, None)
     state, weight = halting.update(
         halting.initial_state(self._mask_shape(x), x.dtype), halting_proba,
         self.eps)
     output = _expand_to_state(weight) * x
-    unit_index = tf.one_hot(0, num_units, dtype=x.dtype)
-    distribution = weight[..., tf.newaxis] * unit_index
-
-    def cond(index, x, output, distribution, flops, state):
-      del index, x, output, distribution, flops
-      return tf.reduce_any(state.active)
-
-    def body(index, x, output, distribution, flops, state):
-      def branch(k):
-        return lambda: self._evaluate(k, x, state.active, training)
-      new_x, halting_proba, unit_flops = tf.switch_case(
-          index - 1, [branch(k) for k in range(1, num_units)])
-      new_x.set_shape(x.shape)
-      new_state, weight = halting.update(state, halting_proba, self.eps)
-      output += _expand_to_state(weight) * new_x
-      distribution += weight[..., tf.newaxis] * tf.one_hot(
-          index, num_units, dtype=x.dtype)
-      return (index + 1, new_x, output, distribution, flops + unit_flops,
-              new_state)
-
-    if num_units > 1:
-      _, x, output, distribution, flops, state = tf.while_loop(
-          cond, body, (tf.constant(1), x, output, distribution, flops, state),
-          maximum_iterations=num_units - 1)
-
+    distribution = self._distribution_step(0.0, weight, 0)
+    if len(self.units) > 1:
+      loop = (self._sparse_loop if self.sparse and not training else
+              self._dense_loop)
+      output, distribution, flops, state = loop(
+          x, output, distribution, flops, state, training)
     ponder_map = state.ponder_cost
     ponder_cost = ponder_map
     if self.spatial:
       ponder_cost = tf.reduce_mean(ponder_map, axis=[1, 2])
     else:
       ponder_map = tf.broadcast_to(ponder_map[:, tf.newaxis, tf.newaxis],
-                                   tf.shape(x)[:3])
+                                   tf.shape(output)[:3])
     return {
         'output': output,
         'ponder_cost': ponder_cost,
@@ -180,10 +235,33 @@ class _HaltingBlock(_Block):
         'flops': flops,
     }
 
+  def _dense_loop(self, x, output, distribution, flops, state, training):
+    """Units 2..L on the whole batch, masked: (output, distribution, FLOPs,
+    halting state)."""
+
+    def cond(index, x, output, distribution, flops, state):
+      del index, x, output, distribution, flops
+      return tf.reduce_any(state.active)
+
+    def body(index, x, output, distribution, flops, state):
+      new_x, halting_proba, unit_flops = self._next_unit(
+          index, x, state.active, training, state.active)
+      new_state, weight = halting.update(state, halting_proba, self.eps)
+      output += _expand_to_state(weight) * new_x
+      return (index + 1, new_x, output,
+              self._distribution_step(distribution, weight, index),
+              flops + unit_flops, new_state)
+
+    _, _, output, distribution, flops, state = tf.while_loop(
+        cond, body, (tf.constant(1), x, output, distribution, flops, state),
+        maximum_iterations=len(self.units) - 1)
+    return output, distribution, flops, state
+
   def get_config(self):
     config = super().get_config()
     config['halting_heads'] = _serialize_list(self.halting_heads)
     config['eps'] = self.eps
+    config['sparse'] = self.sparse
     return config
 
   @classmethod
@@ -202,9 +280,49 @@ class ACTBlock(_HaltingBlock):
       `sact_tf.layers.units`); `active` is a `[B]` bool mask.
     halting_heads: L-1 layers mapping a state to halting scores `[B]`.
     eps: the computation halts once the cumulative score reaches 1 - eps.
+    sparse: at inference, run the units on the active images only (see the
+      module doc). Also set on the units and heads that have a `sparse`
+      attribute.
   """
 
   spatial = False
+
+  def _sparse_loop(self, x, output, distribution, flops, state, training):
+    """Units 2..L on a shrinking working batch of the active images."""
+    batch = tf.shape(x)[0]
+
+    def cond(index, x, images, output, distribution, flops, state):
+      del index, x, images, output, distribution, flops
+      return tf.reduce_any(state.active)
+
+    def body(index, x, images, output, distribution, flops, state):
+      keep = tf.gather(state.active, images)
+      x, images = tf.cond(
+          tf.reduce_all(keep), lambda: (x, images),
+          lambda: (tf.boolean_mask(x, keep), tf.boolean_mask(images, keep)))
+      new_x, halting_proba, unit_flops = self._next_unit(
+          index, x, state.active, training, None)
+      # The halting state stays batch-sized; scores of halted images are
+      # ignored by halting.update.
+      rows = images[:, tf.newaxis]
+      halting_proba = tf.scatter_nd(rows, halting_proba, [batch])
+      halting_proba.set_shape(state.active.shape)
+      new_state, weight = halting.update(state, halting_proba, self.eps)
+      output = sparse_lib.add_rows(
+          output, rows, _expand_to_state(tf.gather(weight, images)) * new_x)
+      return (index + 1, new_x, images, output,
+              self._distribution_step(distribution, weight, index),
+              flops + unit_flops, new_state)
+
+    loop_vars = (tf.constant(1), x, tf.range(batch), output, distribution,
+                 flops, state)
+    invariants = tf.nest.map_structure(lambda t: t.shape, loop_vars)
+    invariants = (invariants[:1] + (tf.TensorShape([None, *x.shape[1:]]),
+                                    tf.TensorShape([None])) + invariants[3:])
+    _, _, _, output, distribution, flops, state = tf.while_loop(
+        cond, body, loop_vars, shape_invariants=invariants,
+        maximum_iterations=len(self.units) - 1)
+    return output, distribution, flops, state
 
 
 @keras.saving.register_keras_serializable('sact_tf')
@@ -216,7 +334,56 @@ class SACTBlock(_HaltingBlock):
       is a `[B, H, W]` bool mask and inactive positions keep their value.
     halting_heads: L-1 layers mapping a state to halting scores `[B, H, W]`.
     eps: the computation halts once the cumulative score reaches 1 - eps.
+    sparse: at inference, evaluate units and heads at the active positions
+      only (see the module doc). Set on the units and heads that have a
+      `sparse` attribute (`BottleneckUnit`, `CifarUnit`, `SACTHaltingHead`).
+    dense_fraction: active fraction of the batch's positions from which
+      units, heads and the block compute densely and mask instead, in
+      (0, 1]; set on the units and heads like `sparse`.
   """
 
   spatial = True
 
+  def __init__(self, units, halting_heads, eps=0.01, sparse=True,
+               dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
+    super().__init__(units, halting_heads, eps=eps, sparse=sparse, **kwargs)
+    self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
+    for layer in self._sparse_capable():
+      layer.dense_fraction = self.dense_fraction
+
+  def _sparse_loop(self, x, output, distribution, flops, state, training):
+    """Units 2..L; the output gets the weighted states at active positions."""
+
+    def cond(index, x, output, distribution, flops, state):
+      del index, x, output, distribution, flops
+      return tf.reduce_any(state.active)
+
+    def body(index, x, output, distribution, flops, state):
+      new_x, halting_proba, unit_flops = self._next_unit(
+          index, x, state.active, training, state.active)
+      new_state, weight = halting.update(state, halting_proba, self.eps)
+
+      def gathered():
+        # The weights are zero where the unit did not run.
+        centres = sparse_lib.positions(state.active)
+        return sparse_lib.add_rows(
+            output, centres, tf.gather_nd(weight, centres)[:, tf.newaxis]
+            * tf.gather_nd(new_x, centres))
+
+      output = tf.cond(
+          tf.equal(sparse_lib.choose_path(state.active, self.dense_fraction),
+                   sparse_lib.GATHERED), gathered,
+          lambda: _add_weighted(output, weight, new_x))
+      return (index + 1, new_x, output,
+              self._distribution_step(distribution, weight, index),
+              flops + unit_flops, new_state)
+
+    _, _, output, distribution, flops, state = tf.while_loop(
+        cond, body, (tf.constant(1), x, output, distribution, flops, state),
+        maximum_iterations=len(self.units) - 1)
+    return output, distribution, flops, state
+
+  def get_config(self):
+    config = super().get_config()
+    config['dense_fraction'] = self.dense_fraction
+    return config

@@ -3,12 +3,17 @@
 `head(x)` returns `[B]` (ACT) or `[B, H, W]` (SACT) halting scores, and
 `head.flops(input_shape, active)` the FLOPs per image of evaluating it under
 `active` (None: everywhere).
+
+A head whose `call` takes an `active` argument (`SACTHaltingHead`) is told by
+the block where its scores are used: the positions its unit has just
+evaluated. Elsewhere its scores may be anything in [0, 1].
 """
 
 import keras
 import tensorflow as tf
 
 from sact_tf import flops as flops_lib
+from sact_tf import sparse as sparse_lib
 from sact_tf.layers import common
 
 
@@ -89,11 +94,22 @@ class SACTHaltingHead(_HaltingHead):
   bias. With the 3x3 weights at zero every position gets the same score and
   the head equals `ACTHaltingHead`.
 
-  Args: as `ACTHaltingHead`.
+  Called as `head(x, active)` with batch norm in inference mode and
+  `sparse=True`, the local term is computed at the `active` positions only
+  (zero scores elsewhere), unless at least `dense_fraction` of the positions
+  are active.
+
+  Args: as `ACTHaltingHead`, and `sparse`, `dense_fraction` as for
+  `sact_tf.layers.BottleneckUnit`.
   """
 
-  def __init__(self, **kwargs):
+  def __init__(self, sparse=True,
+               dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
     super().__init__(**kwargs)
+    if not isinstance(sparse, bool):
+      raise ValueError(f'sparse must be True or False, got {sparse!r}.')
+    self.sparse = sparse
+    self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     self.local_bn = common.batch_norm('local_bn', self.bn_momentum,
                                       self.bn_epsilon)
     self.local_conv = common.conv(
@@ -112,11 +128,63 @@ class SACTHaltingHead(_HaltingHead):
     self.global_bn.build(pooled)
     self.global_conv.build(pooled)
 
-  def call(self, x, training=None):
-    local = self.local_conv(
-        self._activation(self.local_bn(x, training=training)))
-    logit = local + self.global_conv(self._global_features(x, training))
-    return tf.sigmoid(logit[..., 0])
+  def call(self, x, active=None, training=None):
+    global_logit = self.global_conv(self._global_features(x, training))
+    dense = lambda: self._dense(x, global_logit, training)
+    if active is None or training or not self.sparse:
+      return dense()
+    return tf.switch_case(
+        sparse_lib.choose_path(active, self.dense_fraction), {
+            sparse_lib.NOTHING_ACTIVE: lambda: tf.zeros_like(x[..., 0]),
+            sparse_lib.ALL_ACTIVE: dense,
+            sparse_lib.DENSE_MASKED: dense,
+            sparse_lib.GATHERED:
+                lambda: self._gathered(x, active, global_logit),
+        })
+
+  def _taps(self, rows, training):
+    """The 9 taps of the local 3x3 conv at rows of the state, `[n, 9]`.
+
+    With one output channel, a conv layer (and im2col) is slow; one matmul
+    gives every kernel tap at every row, and a position's logit sums the
+    taps that its neighbours contribute to it.
+    """
+    kernel = tf.reshape(self.local_conv.kernel, [9, self.channels])
+    if self.leakiness is None and not training:
+      # Inference batch norm is affine: folded into the kernel, it costs
+      # no pass over the state.
+      bn = self.local_bn
+      scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
+      offset = bn.beta - bn.moving_mean * scale
+      return (tf.matmul(rows, kernel * scale, transpose_b=True)
+              + tf.linalg.matvec(kernel, offset))
+    normalised = self.local_bn(rows[tf.newaxis, tf.newaxis],
+                               training=training)[0, 0]
+    return tf.matmul(self._activation(normalised), kernel, transpose_b=True)
+
+  def _dense(self, x, global_logit, training):
+    shape = tf.shape(x)
+    taps = tf.reshape(self._taps(tf.reshape(x, [-1, self.channels]),
+                                 training), tf.concat([shape[:3], [9]], 0))
+    taps = tf.pad(taps, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    local = tf.add_n([taps[:, i:i + shape[1], j:j + shape[2], 3 * i + j]
+                      for i in range(3) for j in range(3)])
+    return tf.sigmoid(local + self.local_conv.bias[0]
+                      + global_logit[:, :, :, 0])
+
+  def _gathered(self, x, active, global_logit):
+    centres = sparse_lib.positions(active)
+    table_mask = sparse_lib.dilate(active)
+    taps = self._taps(tf.gather_nd(x, sparse_lib.positions(table_mask)),
+                      False)
+    taps = tf.reshape(tf.concat([tf.zeros_like(taps[:1]), taps], 0), [-1])
+    neighbours = sparse_lib.neighbour_rows(centres, table_mask)
+    local = tf.reduce_sum(tf.gather(taps, neighbours * 9 + tf.range(9)),
+                          axis=1)
+    logit = (local + self.local_conv.bias[0]
+             + tf.gather(global_logit[:, 0, 0, 0], centres[:, 0]))
+    return tf.scatter_nd(centres, tf.sigmoid(logit),
+                         tf.shape(x, out_type=tf.int64)[:3])
 
   def flops(self, input_shape, active=None):
     global_flops = flops_lib.conv_flops(1, 1, self.channels, 1)
@@ -127,3 +195,8 @@ class SACTHaltingHead(_HaltingHead):
                                               input_shape[2])
     return (flops_lib.conv_flops(num_active, 3, self.channels, 1)
             + flops_lib.any_active(active) * global_flops)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(sparse=self.sparse, dense_fraction=self.dense_fraction)
+    return config

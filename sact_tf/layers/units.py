@@ -13,20 +13,64 @@ A unit is called as `unit(x, active)` and returns the new state:
 when `active is None`, else `[B]`) of evaluating the unit under `active`, by
 the paper's convention: the first 1x1 conv over the active set dilated by a
 3x3 window, the other convs over the active set.
+
+Sparse evaluation: with `sparse=True` (the default) and batch norm in
+inference mode (`training` falsy), a unit called with a `[B, H, W]` mask
+computes its residual only where it is needed (`sact_tf.sparse`): its first
+conv on the active positions' 3x3 neighbourhoods, the rest on the active
+positions, and scatters the result into the state. When at least
+`dense_fraction` of the batch's positions are active it computes densely and
+masks instead, which is then faster; with nothing active it returns `x`. The
+outputs equal those of dense evaluation up to float rounding. Training-mode
+calls always compute densely: batch statistics over gathered positions would
+differ from those of the dense computation. `[B]` masks (ACT) are always
+dense and masked here; `sact_tf.layers.ACTBlock` compacts the batch itself.
 """
 
 import keras
 import tensorflow as tf
 
 from sact_tf import flops as flops_lib
+from sact_tf import sparse as sparse_lib
 from sact_tf.layers import common
 
 
-def _check_masked_stride(unit, active):
-  if active is not None and unit.stride != 1:
+def _check_masked(unit, active):
+  if active is None:
+    return
+  if unit.stride != 1:
     raise ValueError(f'{unit.name}: a unit with stride {unit.stride} changes '
                      'the resolution and must be the first unit of its block '
                      '(called with active=None).')
+  if unit.depth_in != unit.depth:
+    raise ValueError(f'{unit.name}: a unit changing the depth ({unit.depth_in} '
+                     f'-> {unit.depth}) must be the first unit of its block '
+                     '(called with active=None).')
+
+
+def _validate_sparse(sparse):
+  if not isinstance(sparse, bool):
+    raise ValueError(f'sparse must be True or False, got {sparse!r}.')
+  return sparse
+
+
+def _call(unit, x, active, training):
+  """Dense, dense and masked, or gathered evaluation (see the module doc)."""
+  if active is not None:
+    active = tf.convert_to_tensor(active)
+  _check_masked(unit, active)
+  if (active is None or active.shape.rank == 1 or training
+      or not unit.sparse):
+    return common.mask_state(unit.dense(x, training), x, active)
+  dense = lambda: unit.dense(x, False)
+  return tf.switch_case(
+      sparse_lib.choose_path(active, unit.dense_fraction), {
+          sparse_lib.NOTHING_ACTIVE: lambda: x,
+          sparse_lib.ALL_ACTIVE: dense,
+          sparse_lib.DENSE_MASKED:
+              lambda: common.mask_state(dense(), x, active),
+          sparse_lib.GATHERED: lambda: unit.gathered(x, active),
+      })
 
 
 @keras.saving.register_keras_serializable('sact_tf')
@@ -44,10 +88,15 @@ class BottleneckUnit(keras.layers.Layer):
     stride: stride of the 3x3 conv and of the shortcut.
     bn_momentum, bn_epsilon: batch norm settings (0.997, 1e-5 for ImageNet).
     weight_decay: Keras L2 factor on conv kernels.
+    sparse: evaluate only where needed under a `[B, H, W]` mask at inference
+      (see the module doc).
+    dense_fraction: active fraction of the batch's positions from which the
+      sparse unit computes densely and masks instead, in (0, 1].
   """
 
   def __init__(self, depth, depth_bottleneck, stride=1, bn_momentum=0.997,
-               bn_epsilon=1e-5, weight_decay=0.0, **kwargs):
+               bn_epsilon=1e-5, weight_decay=0.0, sparse=True,
+               dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
     super().__init__(**kwargs)
     if stride not in (1, 2):
       raise ValueError(f'stride must be 1 or 2, got {stride!r}.')
@@ -57,6 +106,8 @@ class BottleneckUnit(keras.layers.Layer):
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
     self.weight_decay = weight_decay
+    self.sparse = _validate_sparse(sparse)
+    self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     bn = lambda name: common.batch_norm(name, bn_momentum, bn_epsilon)
     self.preact = bn('preact')
     self.conv1 = common.conv(depth_bottleneck, 1, 'conv1', use_bias=False,
@@ -88,7 +139,10 @@ class BottleneckUnit(keras.layers.Layer):
     self.conv3.build(inner)
 
   def call(self, x, active=None, training=None):
-    _check_masked_stride(self, active)
+    return _call(self, x, active, training)
+
+  def dense(self, x, training):
+    """The unit's output at every position, `[B, H', W', depth]`."""
     preact = tf.nn.relu(self.preact(x, training=training))
     if self.shortcut is None:
       shortcut = x[:, ::self.stride, ::self.stride, :]
@@ -99,8 +153,22 @@ class BottleneckUnit(keras.layers.Layer):
       residual = common.fixed_padding(residual, 3)
     residual = tf.nn.relu(self.conv2_bn(self.conv2(residual),
                                         training=training))
-    residual = self.conv3(residual)
-    return common.mask_state(shortcut + residual, x, active)
+    return shortcut + self.conv3(residual)
+
+  def gathered(self, x, active):
+    """`x` with the unit applied at the `active` positions (inference)."""
+    centres = sparse_lib.positions(active)
+    table_mask = sparse_lib.dilate(active)
+    preact = tf.nn.relu(sparse_lib.batch_norm_rows(
+        self.preact, tf.gather_nd(x, sparse_lib.positions(table_mask))))
+    residual = tf.nn.relu(sparse_lib.batch_norm_rows(
+        self.conv1_bn, sparse_lib.conv_rows(self.conv1, preact)))
+    residual = sparse_lib.im2col(
+        residual, sparse_lib.neighbour_rows(centres, table_mask))
+    residual = tf.nn.relu(sparse_lib.batch_norm_rows(
+        self.conv2_bn, sparse_lib.conv_rows(self.conv2, residual)))
+    return sparse_lib.add_rows(x, centres,
+                               sparse_lib.conv_rows(self.conv3, residual))
 
   def compute_output_shape(self, input_shape):
     def out(size):
@@ -110,7 +178,7 @@ class BottleneckUnit(keras.layers.Layer):
 
   def flops(self, input_shape, active=None):
     """FLOPs per image; `input_shape` is the (dynamic) shape of `x`."""
-    _check_masked_stride(self, active)
+    _check_masked(self, active)
     height, width = input_shape[1], input_shape[2]
     conv = flops_lib.conv_flops
     if active is None:
@@ -132,7 +200,8 @@ class BottleneckUnit(keras.layers.Layer):
     config = super().get_config()
     config.update(depth=self.depth, depth_bottleneck=self.depth_bottleneck,
                   stride=self.stride, bn_momentum=self.bn_momentum,
-                  bn_epsilon=self.bn_epsilon, weight_decay=self.weight_decay)
+                  bn_epsilon=self.bn_epsilon, weight_decay=self.weight_decay,
+                  sparse=self.sparse, dense_fraction=self.dense_fraction)
     return config
 
 
@@ -159,11 +228,13 @@ class CifarUnit(keras.layers.Layer):
     double_activation: apply the leaky ReLU twice after the first conv.
     bn_momentum, bn_epsilon: batch norm settings (0.9, 1e-3 for CIFAR).
     weight_decay: Keras L2 factor on conv kernels.
+    sparse, dense_fraction: as for `BottleneckUnit`.
   """
 
   def __init__(self, depth, stride=1, activate_before_residual=False,
                leakiness=0.1, double_activation=True, bn_momentum=0.9,
-               bn_epsilon=1e-3, weight_decay=0.0, **kwargs):
+               bn_epsilon=1e-3, weight_decay=0.0, sparse=True,
+               dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
     super().__init__(**kwargs)
     if stride not in (1, 2):
       raise ValueError(f'stride must be 1 or 2, got {stride!r}.')
@@ -175,6 +246,8 @@ class CifarUnit(keras.layers.Layer):
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
     self.weight_decay = weight_decay
+    self.sparse = _validate_sparse(sparse)
+    self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     self.preact = common.batch_norm('preact', bn_momentum, bn_epsilon)
     self.conv1 = common.conv(depth, 3, 'conv1', strides=stride,
                              use_bias=False, weight_decay=weight_decay)
@@ -195,19 +268,47 @@ class CifarUnit(keras.layers.Layer):
     self.conv2.build(inner)
 
   def call(self, x, active=None, training=None):
-    _check_masked_stride(self, active)
-    act = lambda t: common.leaky_relu(t, self.leakiness)
-    preact = act(self.preact(x, training=training))
+    return _call(self, x, active, training)
+
+  def _activation(self, x):
+    return common.leaky_relu(x, self.leakiness)
+
+  def _conv1_activation(self, x):
+    x = self._activation(x)
+    return self._activation(x) if self.double_activation else x
+
+  def dense(self, x, training):
+    """The unit's output at every position, `[B, H', W', depth]`."""
+    preact = self._activation(self.preact(x, training=training))
     shortcut = preact if self.activate_before_residual else x
-    residual = act(self.conv1_bn(self.conv1(preact), training=training))
-    if self.double_activation:
-      residual = act(residual)
+    residual = self._conv1_activation(
+        self.conv1_bn(self.conv1(preact), training=training))
     residual = self.conv2(residual)
     if self.depth_in != self.depth:
       shortcut = tf.nn.avg_pool2d(shortcut, self.stride, self.stride, 'SAME')
       pad = (self.depth - self.depth_in) // 2
       shortcut = tf.pad(shortcut, [[0, 0], [0, 0], [0, 0], [pad, pad]])
-    return common.mask_state(shortcut + residual, x, active)
+    return shortcut + residual
+
+  def gathered(self, x, active):
+    """`x` with the unit applied at the `active` positions (inference)."""
+    centres = sparse_lib.positions(active)
+    # conv2 at the active positions reads conv1 on their 3x3 neighbourhoods
+    # (`middle`), which reads the pre-activation one step further (`outer`).
+    middle = sparse_lib.dilate(active)
+    outer = sparse_lib.dilate(middle)
+    preact_rows = lambda positions: self._activation(
+        sparse_lib.batch_norm_rows(self.preact, tf.gather_nd(x, positions)))
+    residual = sparse_lib.im2col(
+        preact_rows(sparse_lib.positions(outer)),
+        sparse_lib.neighbour_rows(sparse_lib.positions(middle), outer))
+    residual = self._conv1_activation(sparse_lib.batch_norm_rows(
+        self.conv1_bn, sparse_lib.conv_rows(self.conv1, residual)))
+    residual = sparse_lib.conv_rows(self.conv2, sparse_lib.im2col(
+        residual, sparse_lib.neighbour_rows(centres, middle)))
+    if self.activate_before_residual:
+      residual += preact_rows(centres) - tf.gather_nd(x, centres)
+    return sparse_lib.add_rows(x, centres, residual)
 
   def compute_output_shape(self, input_shape):
     def out(size):
@@ -217,7 +318,7 @@ class CifarUnit(keras.layers.Layer):
 
   def flops(self, input_shape, active=None):
     """FLOPs per image; `input_shape` is the (dynamic) shape of `x`."""
-    _check_masked_stride(self, active)
+    _check_masked(self, active)
     height, width = input_shape[1], input_shape[2]
     if active is None:
       area = tf.cast(common.same_size(height, self.stride)
@@ -235,5 +336,6 @@ class CifarUnit(keras.layers.Layer):
                   leakiness=self.leakiness,
                   double_activation=self.double_activation,
                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                  weight_decay=self.weight_decay)
+                  weight_decay=self.weight_decay, sparse=self.sparse,
+                  dense_fraction=self.dense_fraction)
     return config

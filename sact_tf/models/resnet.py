@@ -16,6 +16,7 @@ from sact_tf import architectures
 from sact_tf import flops as flops_lib
 from sact_tf import halting
 from sact_tf import losses
+from sact_tf import sparse as sparse_lib
 from sact_tf.layers import blocks as blocks_lib
 from sact_tf.layers import common
 from sact_tf.layers import heads as heads_lib
@@ -25,14 +26,17 @@ _BLOCK_KEYS = ('ponder_cost', 'ponder_map', 'num_units',
                'halting_distribution', 'flops')
 
 
-def _make_block(model_type, units, make_head, eps, name):
-  if model_type == 'resnet':
+def _make_block(model, units, make_head, name):
+  if model.model_type == 'resnet':
     return blocks_lib.ResNetBlock(units, name=name)
   halting_heads = [make_head(f'unit_{i + 1}_halting')
                    for i in range(len(units) - 1)]
-  block_cls = (blocks_lib.SACTBlock if model_type == 'sact' else
-               blocks_lib.ACTBlock)
-  return block_cls(units, halting_heads, eps=eps, name=name)
+  if model.model_type == 'act':
+    return blocks_lib.ACTBlock(units, halting_heads, eps=model.eps,
+                               sparse=model.sparse, name=name)
+  return blocks_lib.SACTBlock(units, halting_heads, eps=model.eps,
+                              sparse=model.sparse,
+                              dense_fraction=model.dense_fraction, name=name)
 
 
 @keras.saving.register_keras_serializable('sact_tf')
@@ -55,11 +59,20 @@ class ResNet(keras.Model):
     eps: halting threshold 1 - eps, in (0, 1).
     tau: ponder cost weight in the training loss, >= 0.
     weight_decay: Keras L2 factor on conv kernels.
+    sparse: at inference, ACT blocks run their units on the active images
+      only and SACT blocks at the active positions only (see
+      `sact_tf.layers.blocks`); False computes densely and masks. Same
+      outputs up to float rounding, same ponder costs and FLOPs.
+    dense_fraction: SACT only: active fraction of a batch's positions from
+      which units compute densely and mask instead of gathering, in (0, 1]
+      (`sact_tf.sparse.DEFAULT_DENSE_FRACTION` was measured as the
+      break-even on a CPU).
   """
 
   def __init__(self, family, units, model_type='sact', num_classes=1001,
                base_channels=64, halting_bias_init=-3.0, eps=0.01, tau=0.0,
-               weight_decay=0.0, **kwargs):
+               weight_decay=0.0, sparse=True,
+               dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
     kwargs.setdefault('name', 'resnet_v2' if family == 'imagenet'
                       else 'resnet_residual')
     super().__init__(**kwargs)
@@ -83,6 +96,10 @@ class ResNet(keras.Model):
     self.eps = halting.validate_eps(eps)
     self.tau = losses.validate_tau(tau)
     self.weight_decay = float(weight_decay)
+    if not isinstance(sparse, bool):
+      raise ValueError(f'sparse must be True or False, got {sparse!r}.')
+    self.sparse = sparse
+    self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     if family == 'imagenet':
       self._build_imagenet()
     else:
@@ -105,8 +122,7 @@ class ResNet(keras.Model):
       units = [units_lib.BottleneckUnit(
           depth, bottleneck, stride if u == 0 else 1, weight_decay=wd,
           name=f'unit_{u + 1}', **bn) for u in range(num_units)]
-      self.blocks.append(_make_block(self.model_type, units, make_head,
-                                     self.eps, f'block{b + 1}'))
+      self.blocks.append(_make_block(self, units, make_head, f'block{b + 1}'))
     self.postnorm = common.batch_norm('postnorm', 0.997, 1e-5)
     self.logits_conv = common.conv(self.num_classes, 1, 'logits',
                                    weight_decay=wd)
@@ -127,8 +143,7 @@ class ResNet(keras.Model):
           depth, stride if u == 0 else 1,
           activate_before_residual=(b == 0 and u == 0), weight_decay=wd,
           name=f'unit_{u + 1}', **bn) for u in range(num_units)]
-      self.blocks.append(_make_block(self.model_type, units, make_head,
-                                     self.eps, f'block_{b + 1}'))
+      self.blocks.append(_make_block(self, units, make_head, f'block_{b + 1}'))
     self.postnorm = common.batch_norm('postnorm', 0.9, 1e-3)
     self.logits_conv = common.conv(self.num_classes, 1, 'logits',
                                    weight_decay=wd)
@@ -218,13 +233,17 @@ class ResNet(keras.Model):
         'eps': self.eps,
         'tau': self.tau,
         'weight_decay': self.weight_decay,
+        'sparse': self.sparse,
+        'dense_fraction': self.dense_fraction,
         'name': self.name,
     }
 
 
 def imagenet_resnet(depth=None, units=None, model_type='sact',
                     num_classes=1001, base_channels=64, halting_bias_init=-3.0,
-                    eps=0.01, tau=0.0, weight_decay=5e-5, name='resnet_v2'):
+                    eps=0.01, tau=0.0, weight_decay=5e-5, sparse=True,
+                    dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION,
+                    name='resnet_v2'):
   """ImageNet pre-activation ResNet (SPEC.md section 2).
 
   Give `depth` (50, 101, 152, 200) or `units` (four ints); with neither, the
@@ -239,11 +258,13 @@ def imagenet_resnet(depth=None, units=None, model_type='sact',
   return ResNet('imagenet', units, model_type=model_type,
                 num_classes=num_classes, base_channels=base_channels,
                 halting_bias_init=halting_bias_init, eps=eps, tau=tau,
-                weight_decay=weight_decay, name=name)
+                weight_decay=weight_decay, sparse=sparse,
+                dense_fraction=dense_fraction, name=name)
 
 
 def cifar_resnet(units=5, model_type='sact', num_classes=10, base_channels=16,
                  halting_bias_init=-3.0, eps=0.01, tau=0.0, weight_decay=1e-4,
+                 sparse=True, dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION,
                  name='resnet_residual'):
   """CIFAR pre-activation ResNet-(6n+2) as in the authors' CIFAR code.
 
@@ -254,4 +275,5 @@ def cifar_resnet(units=5, model_type='sact', num_classes=10, base_channels=16,
                 model_type=model_type, num_classes=num_classes,
                 base_channels=base_channels,
                 halting_bias_init=halting_bias_init, eps=eps, tau=tau,
-                weight_decay=weight_decay, name=name)
+                weight_decay=weight_decay, sparse=sparse,
+                dense_fraction=dense_fraction, name=name)

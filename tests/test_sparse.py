@@ -1,0 +1,449 @@
+"""Sparse execution: gathered SACT units and heads, ACT batch compaction.
+
+Everything is checked against dense evaluation followed by masking (the
+`sparse=False` path): same outputs up to float rounding, same ponder maps,
+numbers of units and FLOPs, same gradients.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import sparse_speed
+from sact_tf import flops as flops_lib
+from sact_tf import models
+from sact_tf import sparse
+from sact_tf.layers import blocks
+from sact_tf.layers import heads
+from sact_tf.layers import units
+
+
+def relative_error(actual, expected):
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  return np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12)
+
+
+def randomise_batch_norms(layer, seed):
+  """Non-trivial moving statistics, so that batch norm matters."""
+  rng = np.random.default_rng(seed)
+  for variable in layer.variables:
+    name = variable.path.rsplit('/', 1)[-1]
+    if name in ('moving_variance', 'gamma'):
+      variable.assign(rng.uniform(0.5, 1.5, variable.shape))
+    elif name in ('moving_mean', 'beta'):
+      variable.assign(rng.normal(0, 0.3, variable.shape))
+
+
+def random_mask(shape, fraction, seed):
+  return tf.constant(np.random.default_rng(seed).uniform(size=shape)
+                     < fraction)
+
+
+MASKS = {
+    'random': lambda shape: random_mask(shape, 0.4, 1),
+    'sparse': lambda shape: random_mask(shape, 0.1, 2),
+    'corner': lambda shape: tf.constant(
+        np.pad(np.ones((shape[0], 1, 1), bool),
+               [(0, 0), (0, shape[1] - 1), (0, shape[2] - 1)])),
+    'one_image': lambda shape: tf.constant(
+        np.arange(shape[0])[:, None, None] == np.zeros(shape, int)),
+    'empty': lambda shape: tf.zeros(shape, tf.bool),
+    'full': lambda shape: tf.ones(shape, tf.bool),
+}
+SIZES = [(2, 7, 9), (1, 1, 1), (3, 5, 1), (1, 2, 13)]
+
+
+# --- helpers ---------------------------------------------------------------
+
+@pytest.mark.parametrize('size', SIZES)
+def test_dilate_matches_the_flops_convention(size):
+  mask = random_mask(size, 0.2, 3)
+  np.testing.assert_array_equal(sparse.dilate(mask).numpy(),
+                                flops_lib.dilate(mask).numpy())
+
+
+@pytest.mark.parametrize('size', SIZES)
+def test_im2col_matches_a_numpy_window_gather(size):
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(*size, 3)).astype(np.float32)
+  active = random_mask(size, 0.3, 5) | MASKS['corner'](size)
+  table = sparse.dilate(active)
+  centres = sparse.positions(active)
+  rows = tf.gather_nd(x, sparse.positions(table))
+  columns = sparse.im2col(rows, sparse.neighbour_rows(centres, table))
+  padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+  expected = [padded[b, i:i + 3, j:j + 3].reshape(-1)
+              for b, i, j in centres.numpy()]
+  np.testing.assert_array_equal(columns.numpy(),
+                                np.reshape(expected, columns.shape))
+
+
+def test_choose_path():
+  size = (2, 4, 5)
+  cases = [(MASKS['empty'](size), 0.8, sparse.NOTHING_ACTIVE),
+           (MASKS['full'](size), 0.8, sparse.ALL_ACTIVE),
+           (MASKS['full'](size), 1.0, sparse.ALL_ACTIVE),
+           (random_mask(size, 0.9, 0), 0.5, sparse.DENSE_MASKED),
+           (random_mask(size, 0.3, 0), 0.5, sparse.GATHERED),
+           (random_mask(size, 0.9, 0), 1.0, sparse.GATHERED)]
+  for mask, fraction, expected in cases:
+    assert int(sparse.choose_path(mask, fraction)) == expected
+
+
+def test_add_rows_leaves_the_callers_tensor_alone():
+  x = tf.zeros([1, 3, 3, 2])
+  before = x.numpy().copy()
+  y = sparse.add_rows(x, tf.constant([[0, 1, 2]], tf.int64),
+                      tf.ones([1, 2]))
+  np.testing.assert_array_equal(x.numpy(), before)
+  assert float(tf.reduce_sum(y)) == 2.0
+
+
+@pytest.mark.parametrize('value', [0, -0.5, 1.5, 'a', None])
+def test_dense_fraction_is_validated(value):
+  with pytest.raises(ValueError, match='dense_fraction'):
+    sparse.validate_dense_fraction(value)
+  with pytest.raises(ValueError, match='dense_fraction'):
+    units.BottleneckUnit(8, 2, dense_fraction=value)
+
+
+@pytest.mark.parametrize('make', [
+    lambda: units.BottleneckUnit(8, 2, sparse=1),
+    lambda: heads.SACTHaltingHead(sparse='yes'),
+    lambda: blocks.SACTBlock([units.BottleneckUnit(8, 2)], [], sparse=None),
+    lambda: models.cifar_resnet(1, sparse='no'),
+])
+def test_sparse_must_be_a_bool(make):
+  with pytest.raises(ValueError, match='sparse must be True or False'):
+    make()
+
+
+# --- units and heads ---------------------------------------------------------
+
+def unit_cases():
+  return {
+      'bottleneck': lambda: units.BottleneckUnit(12, 3),
+      'cifar': lambda: units.CifarUnit(6),
+      'cifar_single_activation': lambda: units.CifarUnit(
+          6, double_activation=False),
+      'cifar_activate_before_residual': lambda: units.CifarUnit(
+          6, activate_before_residual=True),
+  }
+
+
+@pytest.mark.parametrize('mask_name', sorted(MASKS))
+@pytest.mark.parametrize('size', SIZES)
+@pytest.mark.parametrize('unit_name', sorted(unit_cases()))
+def test_gathered_unit_equals_dense_and_masked(unit_name, size, mask_name):
+  unit = unit_cases()[unit_name]()
+  channels = unit.depth
+  x = tf.constant(np.random.default_rng(6).normal(
+      0, 1, (*size, channels)), tf.float32)
+  unit(x)
+  randomise_batch_norms(unit, 7)
+  active = MASKS[mask_name](size)
+  unit.sparse = False
+  expected = unit(x, active).numpy()
+  unit.sparse, unit.dense_fraction = True, 1.0
+  actual = unit(x, active).numpy()
+  assert relative_error(actual, expected) <= 1e-5
+  # Halted positions keep their values bit for bit.
+  inactive = ~active.numpy()
+  np.testing.assert_array_equal(actual[inactive], x.numpy()[inactive])
+  compiled = tf.function(lambda x, active: unit(x, active))
+  assert relative_error(compiled(x, active).numpy(), expected) <= 1e-5
+
+
+def test_unit_paths_by_density():
+  unit = units.BottleneckUnit(8, 2, dense_fraction=0.5)
+  x = tf.random.normal([2, 6, 6, 8])
+  unit(x)
+  randomise_batch_norms(unit, 8)
+  for fraction in (0.2, 0.8):
+    active = random_mask([2, 6, 6], fraction, 9)
+    dense = tf.where(active[..., None], unit.dense(x, False), x)
+    assert relative_error(unit(x, active), dense) <= 1e-5
+  np.testing.assert_array_equal(unit(x, MASKS['empty']([2, 6, 6])), x)
+
+
+def test_training_mode_is_dense_and_masked():
+  # Batch statistics over gathered positions would differ: training calls
+  # must give exactly what the dense path gives.
+  unit = units.BottleneckUnit(8, 2)
+  x = tf.random.normal([2, 5, 6, 8])
+  unit(x)
+  active = random_mask([2, 5, 6], 0.3, 10)
+  expected = tf.where(active[..., tf.newaxis], unit.dense(x, True), x)
+  np.testing.assert_array_equal(unit(x, active, training=True).numpy(),
+                                expected.numpy())
+
+
+def test_masked_unit_must_keep_stride_and_depth():
+  x = tf.random.normal([1, 4, 4, 8])
+  active = MASKS['random']([1, 4, 4])
+  strided = units.BottleneckUnit(8, 2, stride=2)
+  strided(x)
+  with pytest.raises(ValueError, match='stride 2'):
+    strided(x, active)
+  wider = units.BottleneckUnit(16, 2)
+  wider(x)
+  with pytest.raises(ValueError, match='depth'):
+    wider(x, active)
+
+
+@pytest.mark.parametrize('leakiness', [None, 0.1])
+@pytest.mark.parametrize('size', SIZES)
+def test_sact_head_taps_match_a_conv_and_gathering(leakiness, size):
+  head = heads.SACTHaltingHead(leakiness=leakiness, halting_bias_init=0.3)
+  x = tf.constant(np.random.default_rng(11).normal(0, 1, (*size, 5)),
+                  tf.float32)
+  head(x)
+  randomise_batch_norms(head, 12)
+  head.local_conv.kernel.assign(
+      np.random.default_rng(13).normal(0, 0.5, head.local_conv.kernel.shape))
+  # Eq. 14 written with the layers themselves.
+  act = (lambda t: t) if leakiness is None else (
+      lambda t: tf.maximum(t, leakiness * t))
+  local = head.local_conv(act(head.local_bn(x, training=False)))
+  pooled = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+  logit = local + head.global_conv(act(head.global_bn(pooled,
+                                                      training=False)))
+  expected = tf.sigmoid(logit[..., 0]).numpy()
+  assert relative_error(head(x), expected) <= 1e-5
+  active = MASKS['random'](size) | MASKS['corner'](size)
+  head.dense_fraction = 1.0
+  gathered = head(x, active).numpy()
+  mask = active.numpy()
+  assert relative_error(gathered[mask], expected[mask]) <= 1e-5
+  assert np.all(gathered[~mask] == 0)
+  assert np.all(head(x, MASKS['empty'](size)).numpy() == 0)
+
+
+# --- blocks ----------------------------------------------------------------
+
+def make_block(block_cls, num_units=4, depth=8, seed=0, bias=0.0, spread=2.0,
+               **kwargs):
+  """A bottleneck block whose real halting heads give mixed halting."""
+  keras.utils.set_random_seed(seed)
+  rng = np.random.default_rng(seed)
+  unit_list = [units.BottleneckUnit(depth, depth // 4)
+               for _ in range(num_units)]
+  head_cls = (heads.SACTHaltingHead if block_cls is blocks.SACTBlock else
+              heads.ACTHaltingHead)
+  head_list = [head_cls() for _ in range(num_units - 1)]
+  block = block_cls(unit_list, head_list, **kwargs)
+  block.build((None, None, None, depth))
+  randomise_batch_norms(block, seed)
+  for head in head_list:
+    for variable in head.trainable_variables:
+      if variable.path.endswith('kernel'):
+        variable.assign(rng.normal(0, spread, variable.shape))
+      if variable.path.endswith('bias'):
+        variable.assign(np.full(variable.shape, bias))
+  return block
+
+
+def clone(block, **overrides):
+  config = block.get_config()
+  config.update(overrides)
+  twin = type(block).from_config(config)
+  twin.build((None, None, None, block.units[0].depth))
+  twin.set_weights(block.get_weights())
+  return twin
+
+
+def assert_same_block_outputs(actual, expected):
+  assert relative_error(actual['output'], expected['output']) <= 1e-4
+  for key in ('num_units', 'flops'):
+    np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+  for key in ('ponder_map', 'ponder_cost', 'halting_distribution'):
+    np.testing.assert_allclose(actual[key], expected[key], atol=1e-5,
+                               err_msg=key)
+
+
+@pytest.mark.parametrize('bias', [10.0, -10.0])
+@pytest.mark.parametrize('dense_fraction', [1.0, 0.5])
+@pytest.mark.parametrize('size', [(2, 9, 11), (1, 1, 1), (3, 4, 1)])
+def test_sact_block_sparse_equals_dense(size, dense_fraction, bias):
+  # bias +10: everything halts after the first unit; -10: nothing halts
+  # before the last unit (full masks).
+  block = make_block(blocks.SACTBlock, bias=bias,
+                     dense_fraction=dense_fraction)
+  x = tf.constant(np.random.default_rng(14).normal(0, 1, (*size, 8)),
+                  tf.float32)
+  assert_sparse_equals_dense(block, x)
+
+
+@pytest.mark.parametrize('block_cls', [blocks.ACTBlock, blocks.SACTBlock])
+@pytest.mark.parametrize('dense_fraction', [1.0, 0.5])
+def test_mixed_halting_sparse_equals_dense(block_cls, dense_fraction):
+  block, x = mixed_halting_case(block_cls)
+  if block_cls is blocks.SACTBlock:
+    block = clone(block, dense_fraction=dense_fraction)
+    assert all(u.dense_fraction == dense_fraction for u in block.units)
+  expected = assert_sparse_equals_dense(block, x)
+  assert len(np.unique(expected['num_units'])) >= 3, 'halting is not mixed'
+
+
+@pytest.mark.parametrize('bias', [10.0, -10.0])
+@pytest.mark.parametrize('batch', [1, 4])
+def test_act_block_compaction_equals_dense(batch, bias):
+  block = make_block(blocks.ACTBlock, num_units=3, bias=bias)
+  x = tf.constant(np.random.default_rng(15).normal(0, 1, (batch, 5, 7, 8)),
+                  tf.float32)
+  assert_sparse_equals_dense(block, x)
+
+
+def assert_sparse_equals_dense(block, x):
+  dense = clone(block, sparse=False)
+  assert not any(u.sparse for u in dense.units + dense.halting_heads
+                 if hasattr(u, 'sparse'))
+  expected = dense(x)
+  for call in (block, tf.function(block)):
+    assert_same_block_outputs(call(x), expected)
+  return expected
+
+
+class BatchRecorder(keras.layers.Layer):
+  """x + 1, recording the number of images it is called on."""
+
+  def build(self, input_shape):
+    self.images = self.add_weight(shape=(), initializer='zeros',
+                                  trainable=False, dtype='int32')
+
+  def call(self, x, active=None):
+    self.images.assign_add(tf.shape(x)[0])
+    return x + 1.0 if active is None else tf.where(
+        active[:, None, None, None], x + 1.0, x)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def flops(self, input_shape, active=None):
+    return tf.constant(0, tf.int64)
+
+
+class PositiveStateHead(keras.layers.Layer):
+  """Halting score 1 once an image's mean state is positive, else 0."""
+
+  def call(self, x):
+    return tf.cast(tf.reduce_mean(x, axis=[1, 2, 3]) > 0.5, x.dtype)
+
+  def flops(self, input_shape, active=None):
+    return tf.constant(0, tf.int64)
+
+
+def test_act_units_run_on_the_active_images_only():
+  num_units = np.array([1, 3, 2, 4])
+  recorders = [BatchRecorder() for _ in range(4)]
+  block = blocks.ACTBlock(recorders, [PositiveStateHead() for _ in range(3)])
+  # The state after unit n is x + n: image i halts after num_units[i] units.
+  x = tf.constant(1.0 - num_units, tf.float32)[:, None, None, None]
+  out = block(tf.broadcast_to(x, [4, 2, 3, 2]))
+  np.testing.assert_array_equal(out['num_units'], num_units)
+  # Unit u runs on the images that use more than u units.
+  assert [int(r.images) for r in recorders] == [4, 3, 2, 1]
+  # Scores 0 then 1: each output is the state after the image's last unit.
+  np.testing.assert_array_equal(out['output'], np.ones([4, 2, 3, 2]))
+
+
+def mixed_halting_case(block_cls):
+  """A block and an input whose halting is mixed (checked by the tests)."""
+  if block_cls is blocks.SACTBlock:
+    block = make_block(blocks.SACTBlock, bias=-1.0)
+    return block, tf.constant(
+        np.random.default_rng(14).normal(0, 1, (2, 9, 11, 8)), tf.float32)
+  block = make_block(blocks.ACTBlock, num_units=5, bias=-0.5, spread=4.0)
+  # Images of different scales get different pooled features and scores.
+  scale = np.arange(1, 6)[:, None, None, None]
+  return block, tf.constant(
+      np.random.default_rng(15).normal(0, 1, (5, 5, 7, 8)) * scale,
+      tf.float32)
+
+
+@pytest.mark.parametrize('block_cls', [blocks.ACTBlock, blocks.SACTBlock])
+def test_gradients_through_the_sparse_path(block_cls):
+  # Inference-mode batch norm with a tape: fine-tuning with frozen batch
+  # norm (as in detection) runs the sparse path in training.
+  block, x = mixed_halting_case(block_cls)
+  dense = clone(block, sparse=False)
+  results = []
+  for layer in (block, dense):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      out = layer(x, training=False)
+      loss = (tf.reduce_sum(out['output'] ** 2)
+              + 3.0 * tf.reduce_sum(out['ponder_cost']))
+    results.append(tape.gradient(loss, [x] + layer.trainable_variables))
+  for actual, expected in zip(*results):
+    assert expected is not None
+    assert relative_error(actual, expected) <= 1e-4
+  assert len(np.unique(dense(x)['num_units'])) >= 3
+
+
+# --- models ----------------------------------------------------------------
+
+@pytest.mark.parametrize('model_type', ['act', 'sact'])
+@pytest.mark.parametrize('family', ['imagenet', 'cifar'])
+def test_model_sparse_equals_dense(family, model_type):
+  def make(sparse_flag):
+    if family == 'imagenet':
+      return models.imagenet_resnet(units=[2, 3, 2, 2], base_channels=4,
+                                    num_classes=5, model_type=model_type,
+                                    halting_bias_init=-0.5,
+                                    sparse=sparse_flag)
+    return models.cifar_resnet([2, 3, 2], base_channels=4,
+                               model_type=model_type, halting_bias_init=-0.5,
+                               sparse=sparse_flag)
+  x = tf.random.uniform([2, 37, 45, 3], -1, 1, seed=17)
+  model, dense = make(True), make(False)
+  model(x)
+  dense(x)
+  randomise_batch_norms(model, 18)
+  dense.set_weights(model.get_weights())
+  expected, actual = dense(x), model(x)
+  assert relative_error(actual['logits'], expected['logits']) <= 1e-4
+  for key, value in expected.items():
+    if key.endswith(('flops', 'num_units')):
+      np.testing.assert_array_equal(actual[key], value, err_msg=key)
+    elif key != 'logits':
+      np.testing.assert_allclose(actual[key], value, atol=1e-4, err_msg=key)
+
+
+def test_model_config_carries_the_switches():
+  model = models.imagenet_resnet(units=[1, 2, 1, 1], base_channels=2,
+                                 num_classes=3, sparse=False,
+                                 dense_fraction=0.6)
+  config = model.get_config()
+  assert config['sparse'] is False and config['dense_fraction'] == 0.6
+  block = model.blocks[1]
+  assert not block.sparse and block.dense_fraction == 0.6
+  assert not block.units[1].sparse and block.halting_heads[0].sparse is False
+  restored = type(block).from_config(block.get_config())
+  assert not restored.sparse and restored.units[1].dense_fraction == 0.6
+
+
+# --- the benchmark's forced halting ------------------------------------------
+
+def test_benchmark_forces_a_blob_after_the_first_unit():
+  units_per_block = (2, 3, 2)
+  scores = sparse_speed.sact_scores(0.3, height=61, width=97)
+  network = sparse_speed.Network(units_per_block, 'sact', scores,
+                                 num_blocks=3, base_channels=2)
+  plain = sparse_speed.Network(units_per_block, 'resnet', num_blocks=3,
+                               base_channels=2)
+  images = tf.random.uniform([1, 61, 97, 3], -1, 1)
+  _, flops = network(images)
+  _, plain_flops = plain(images)
+  assert flops.shape == (1,) and int(flops[0]) < int(plain_flops[0])
+  x, _ = network.stem_and_pool(images)
+  for block, block_scores, num_units in zip(network.blocks, scores,
+                                            units_per_block):
+    out = block(x)
+    assert out['num_units'].shape[1:] == block_scores.shape
+    blob = block_scores == 0.0
+    assert 0.2 < blob.mean() < 0.4
+    np.testing.assert_array_equal(out['num_units'][0],
+                                  np.where(blob, num_units, 1))
+    x = out['output']
