@@ -1,0 +1,177 @@
+"""sact_tf checkpoints: save, restore, and initialise one model from another.
+
+A sact_tf checkpoint is a `tf.train.Checkpoint(model=..., optimizer=...,
+step=...)` whose `model` entry holds every model variable under its Keras path
+(e.g. `resnet_v2/block1/unit_1/conv1/kernel`). Keying by path rather than by
+Python attribute keeps checkpoints readable by name, lets a model of another
+type or depth pick the variables it shares with the saved one, and does not
+depend on how Keras tracks lists of layers (Keras 3 does not expose the
+model's lists of blocks and units to `tf.train.Checkpoint`).
+
+A directory written by `write_model_checkpoint` (or by training) can be given
+to `--finetune_from` and evaluated with `--mode=eval`.
+"""
+
+import collections
+
+from absl import logging
+import tensorflow as tf
+
+from sact_tf.models import resnet
+
+InitSummary = collections.namedtuple('InitSummary',
+                                     ['copied', 'skipped', 'checkpoint'])
+
+
+def model_trackable(model):
+  """A trackable holding `model`'s variables under their paths."""
+  by_path = {}
+  for variable in model.variables:
+    if variable.path in by_path:
+      raise ValueError(f'Two variables of {model.name} share the path '
+                       f'{variable.path}; cannot checkpoint them by path.')
+    by_path[variable.path] = variable
+  if not by_path:
+    raise ValueError('The model has no variables yet: build it (call it on a '
+                     'batch of images) before checkpointing.')
+  return tf.train.Checkpoint(**by_path)
+
+
+def make_checkpoint(model, optimizer=None, step=None):
+  """The run checkpoint: model variables by path, optimizer and step."""
+  parts = {'model': model_trackable(model)}
+  if optimizer is not None:
+    parts['optimizer'] = optimizer
+  if step is not None:
+    parts['step'] = step
+  return tf.train.Checkpoint(**parts)
+
+
+def resolve(path):
+  """The checkpoint prefix of `path`: a directory's latest, or `path` itself.
+
+  Raises:
+    FileNotFoundError: there is no checkpoint there.
+  """
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise FileNotFoundError(
+          f'No checkpoint in directory {path} (no "checkpoint" file listing '
+          'one). Train a model there first, or point at a checkpoint '
+          'directory or prefix.')
+    return latest
+  if not tf.io.gfile.exists(path + '.index'):
+    raise FileNotFoundError(
+        f'No checkpoint at {path}: expected a checkpoint directory or a '
+        f'prefix with {path}.index next to it.')
+  return path
+
+
+def restore_model(model, path):
+  """Restores every variable of a built `model` from a checkpoint.
+
+  Other entries (optimizer, step) are ignored. Returns the prefix read.
+
+  Raises:
+    FileNotFoundError: no checkpoint at `path`.
+    ValueError: the checkpoint lacks some model variable or holds one with
+      another shape.
+  """
+  prefix = resolve(path)
+  checkpoint = tf.train.Checkpoint(model=model_trackable(model))
+  try:
+    status = checkpoint.read(prefix)
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ValueError(
+        f'Checkpoint {prefix} does not fit model {model.name} '
+        f'({model.family}, {model.model_type}, units {model.units_per_block}, '
+        f'base_channels {model.base_channels}, {model.num_classes} classes): '
+        f'{e}') from e
+  return prefix
+
+
+def write_model_checkpoint(model, directory, step=0):
+  """Writes `model`'s variables as a sact_tf checkpoint in `directory`.
+
+  For tools that produce models outside training (e.g. importers); the
+  directory then works with `--finetune_from` and `--mode=eval` (put the
+  run's config.json next to it).
+  """
+  step = tf.Variable(step, dtype=tf.int64, trainable=False)
+  manager = tf.train.CheckpointManager(make_checkpoint(model, step=step),
+                                       directory, max_to_keep=1,
+                                       checkpoint_name='ckpt')
+  return manager.save(checkpoint_number=int(step.numpy()))
+
+
+def is_halting_variable(path):
+  return '_halting/' in path
+
+
+def build_model(model_kwargs, image_size=32):
+  """A ResNet built (variables created) by one call on zeros."""
+  model = resnet.ResNet(**model_kwargs)
+  model(tf.zeros([1, image_size, image_size, 3]), training=False)
+  return model
+
+
+def init_from_checkpoint(model, path, source_fields, mode):
+  """Initialises `model` from a checkpoint of another model.
+
+  Args:
+    model: the built model to initialise (may live under a strategy scope).
+    path: checkpoint directory or prefix.
+    source_fields: the saved model's family, units, model_type, num_classes
+      and base_channels.
+    mode: 'finetune': copy every variable except the halting heads, which
+      keep their initialisation (bias -3), e.g. from a plain ResNet into an
+      ACT/SACT one (paper's two-stage training). 'baseline': copy the
+      variables of the first units of each block, e.g. from an ACT/SACT model
+      into the plain ResNet with its average number of units (paper 4.1).
+
+  Returns:
+    `InitSummary(copied, skipped, checkpoint)`.
+
+  Raises:
+    ValueError: some variable to copy is missing or has another shape.
+  """
+  if mode not in ('finetune', 'baseline'):
+    raise ValueError(f"mode must be 'finetune' or 'baseline', got {mode!r}.")
+  kwargs = dict(source_fields)
+  source = build_model(kwargs)
+  prefix = restore_model(source, path)
+  by_path = {v.path: v for v in source.variables}
+  missing, wrong_shape, pairs, skipped = [], [], [], 0
+  for variable in model.variables:
+    if mode == 'finetune' and is_halting_variable(variable.path):
+      skipped += 1
+      continue
+    other = by_path.get(variable.path)
+    if other is None:
+      missing.append(variable.path)
+    elif tuple(other.shape) != tuple(variable.shape):
+      wrong_shape.append(f'{variable.path}: checkpoint {tuple(other.shape)}, '
+                         f'model {tuple(variable.shape)}')
+    else:
+      pairs.append((variable, other))
+  if missing or wrong_shape:
+    lines = [f'Cannot initialise {model.name} ({model.model_type}, units '
+             f'{model.units_per_block}) from {prefix} ({kwargs["model_type"]}, '
+             f'units {kwargs["units"]}) in {mode} mode:']
+    if missing:
+      lines.append(f'{len(missing)} variable(s) not in the checkpoint: '
+                   + ', '.join(missing[:10])
+                   + (' ...' if len(missing) > 10 else ''))
+    if wrong_shape:
+      lines.append(f'{len(wrong_shape)} with another shape: '
+                   + '; '.join(wrong_shape[:10]))
+    raise ValueError('\n'.join(lines))
+  for variable, other in pairs:
+    variable.assign(other.value)
+  logging.info('Initialised %d variables of %s from %s (%s mode, %d halting '
+               'variables left at their initialisation).', len(pairs),
+               model.name, prefix, mode, skipped)
+  return InitSummary(len(pairs), skipped, prefix)

@@ -1,0 +1,245 @@
+"""The configuration of a training / evaluation run.
+
+An `ExperimentConfig` holds everything a run needs: the model, the data, the
+optimisation and where to write. The binaries build one from their flags; the
+library never reads flags. It is saved as `config.json` in the model directory
+so that later tools (evaluation, export, ponder maps) can rebuild the model.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import List, Optional
+
+from sact_tf import architectures
+from sact_tf import halting
+from sact_tf import losses
+from sact_tf.data import datasets
+from sact_tf.data import pipelines
+
+CONFIG_FILENAME = 'config.json'
+MODES = ('train', 'eval', 'train_and_eval')
+# Fields that define the network: a checkpoint only fits a model that agrees
+# on all of them.
+MODEL_FIELDS = ('family', 'units', 'model_type', 'num_classes',
+                'base_channels')
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+  """A run's settings (see the binaries' flags for their meaning).
+
+  Attributes:
+    family: 'imagenet' (bottleneck ResNet) or 'cifar'.
+    units: units per block (4 ints for ImageNet, 3 for CIFAR).
+    model_type: 'resnet', 'act' or 'sact'.
+    num_classes: model outputs (the dataset's, with its label offset).
+    base_channels: width of the first block (64 ImageNet, 16 CIFAR).
+    tau: ponder cost weight.
+    eps: halting threshold 1 - eps.
+    halting_bias_init: initial bias of the halting heads.
+    weight_decay: Keras L2 factor on conv kernels.
+    dataset, data_dir, download: the TFDS dataset and where it lives.
+    preprocessing: 'inception' or 'cifar'.
+    image_size: training resolution.
+    eval_image_sizes: resolutions to evaluate at.
+    batch_size: global training batch size.
+    eval_batch_size: evaluation batch size.
+    eval_examples: evaluate on the first N examples only (0: all).
+    train_steps: total training steps.
+    learning_rate: the initial learning rate.
+    lr_boundaries: steps at which the rate is multiplied by lr_decay.
+    lr_decay: factor applied at each boundary.
+    momentum: SGD momentum.
+    label_smoothing: label smoothing of the cross-entropy.
+    model_dir: checkpoints, summaries, config and evaluation results.
+    checkpoint_every: steps between checkpoints.
+    keep_checkpoints: how many checkpoints to keep.
+    summary_every: steps between training summaries and log lines.
+    seed: seed of the initial weights, data order and augmentation.
+    init_checkpoint: checkpoint (directory or prefix) to initialise a new
+      run from, or None.
+    init_mode: 'finetune' (every weight except the halting heads) or
+      'baseline' (the first units of each block), with init_checkpoint.
+    init_model: the model fields (MODEL_FIELDS) of init_checkpoint's model.
+  """
+
+  family: str = 'imagenet'
+  units: List[int] = dataclasses.field(default_factory=lambda: [3, 4, 23, 3])
+  model_type: str = 'sact'
+  num_classes: int = 1001
+  base_channels: int = 64
+  tau: float = 0.005
+  eps: float = 0.01
+  halting_bias_init: float = -3.0
+  weight_decay: float = 5e-5
+  dataset: str = 'imagenet2012'
+  data_dir: Optional[str] = None
+  download: bool = True
+  preprocessing: str = 'inception'
+  image_size: int = 224
+  eval_image_sizes: List[int] = dataclasses.field(
+      default_factory=lambda: [224])
+  batch_size: int = 256
+  eval_batch_size: int = 100
+  eval_examples: int = 0
+  # 90 ImageNet epochs at batch 256 with 0.05 per 32 images; the binaries
+  # derive these (and the step schedule) from their flags.
+  train_steps: int = 450_411
+  learning_rate: float = 0.4
+  lr_boundaries: List[int] = dataclasses.field(default_factory=list)
+  lr_decay: float = 0.1
+  momentum: float = 0.9
+  label_smoothing: float = 0.1
+  model_dir: str = ''
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  summary_every: int = 100
+  seed: int = 0
+  init_checkpoint: Optional[str] = None
+  init_mode: Optional[str] = None
+  init_model: Optional[dict] = None
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self):
+    """Raises ValueError naming the first bad field and how to fix it."""
+    if self.family not in ('imagenet', 'cifar'):
+      raise ValueError(f"family must be 'imagenet' or 'cifar', got "
+                       f'{self.family!r}.')
+    self.units = (architectures.imagenet_units(units=self.units)
+                  if self.family == 'imagenet' else
+                  architectures.cifar_units(list(self.units)))
+    architectures.validate_model_type(self.model_type)
+    losses.validate_tau(self.tau)
+    halting.validate_eps(self.eps)
+    datasets.get_spec(self.dataset)
+    if self.preprocessing not in pipelines.STYLES:
+      raise ValueError(f'preprocessing must be one of {pipelines.STYLES}, '
+                       f'got {self.preprocessing!r}.')
+    for name in ('num_classes', 'base_channels', 'image_size', 'batch_size',
+                 'eval_batch_size', 'checkpoint_every', 'keep_checkpoints',
+                 'summary_every'):
+      _check_positive(name, getattr(self, name))
+    if not self.eval_image_sizes:
+      raise ValueError('eval_image_sizes must list at least one size.')
+    for size in self.eval_image_sizes:
+      _check_positive('eval_image_sizes', size)
+    if self.train_steps < 0:
+      raise ValueError(f'train_steps must be >= 0, got {self.train_steps}.')
+    if self.eval_examples < 0:
+      raise ValueError(f'eval_examples must be >= 0 (0: all), got '
+                       f'{self.eval_examples}.')
+    if not self.learning_rate > 0:
+      raise ValueError(f'learning_rate must be > 0, got '
+                       f'{self.learning_rate}.')
+    if list(self.lr_boundaries) != sorted(set(self.lr_boundaries)) or any(
+        b <= 0 for b in self.lr_boundaries):
+      raise ValueError(f'lr_boundaries must be increasing positive steps, '
+                       f'got {self.lr_boundaries}.')
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ValueError(f'label_smoothing must be in [0, 1), got '
+                       f'{self.label_smoothing}.')
+    if not 0.0 <= self.momentum < 1.0:
+      raise ValueError(f'momentum must be in [0, 1), got {self.momentum}.')
+    if (self.init_mode is None) != (self.init_checkpoint is None):
+      raise ValueError('init_checkpoint and init_mode go together: give both '
+                       'or neither.')
+    if self.init_mode not in (None, 'finetune', 'baseline'):
+      raise ValueError(f"init_mode must be 'finetune' or 'baseline', got "
+                       f'{self.init_mode!r}.')
+
+  def model_kwargs(self):
+    """Keyword arguments of `sact_tf.models.resnet.ResNet`."""
+    return dict(family=self.family, units=list(self.units),
+                model_type=self.model_type, num_classes=self.num_classes,
+                base_channels=self.base_channels,
+                halting_bias_init=self.halting_bias_init, eps=self.eps,
+                tau=self.tau, weight_decay=self.weight_decay)
+
+  def model_fields(self):
+    return {name: getattr(self, name) for name in MODEL_FIELDS}
+
+  def learning_rates(self):
+    """The rate of each piece of the step schedule (boundaries + 1 values)."""
+    return [self.learning_rate * self.lr_decay**i
+            for i in range(len(self.lr_boundaries) + 1)]
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f'Unknown config fields {unknown}: was it written by a '
+                       'newer sact_tf?')
+    return cls(**values)
+
+
+def _check_positive(name, value):
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f'{name} must be a positive int, got {value!r}.')
+
+
+def write_json(path, value):
+  """Writes `value` as JSON to `path` atomically (temp file + rename).
+
+  A reader sees the old file or the new one, never a partial one, even if
+  the process dies mid-write.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, temp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.',
+                              suffix='.tmp', dir=directory)
+  try:
+    with os.fdopen(fd, 'w', encoding='utf-8') as f:
+      json.dump(value, f, indent=2, sort_keys=True)
+      f.write('\n')
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temp, path)
+  except BaseException:
+    if os.path.exists(temp):
+      os.remove(temp)
+    raise
+
+
+def read_json(path):
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'No such file: {path}') from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON: {e}') from e
+
+
+def save(config):
+  """Writes `config` to `<model_dir>/config.json` (atomically)."""
+  write_json(os.path.join(config.model_dir, CONFIG_FILENAME),
+             config.to_dict())
+
+
+def load(model_dir):
+  """The `ExperimentConfig` saved in `model_dir`, or None if there is none."""
+  path = os.path.join(model_dir, CONFIG_FILENAME)
+  if not os.path.exists(path):
+    return None
+  return ExperimentConfig.from_dict(read_json(path))
+
+
+def check_same_model(config, saved, where):
+  """Raises ValueError if `saved` describes another network than `config`."""
+  if saved is None:
+    return
+  diffs = [f'{name}: {getattr(saved, name)!r} there, {getattr(config, name)!r} '
+           'now' for name in MODEL_FIELDS
+           if getattr(saved, name) != getattr(config, name)]
+  if diffs:
+    raise ValueError(
+        f'{where} holds a different model ({"; ".join(diffs)}). Use the same '
+        'model flags, or a new --model_dir for a new model.')

@@ -1,0 +1,261 @@
+"""The training loop: momentum SGD on cross-entropy + L2 + tau * ponder cost.
+
+Checkpoints go to the model directory every `checkpoint_every` steps and at
+the end; a run started again with the same config resumes from the latest
+one (weights, optimizer state, step and data position). A non-finite loss or
+weight stops training before anything is saved, so the last checkpoint stays
+the last good one.
+"""
+
+import collections
+import contextlib
+import math
+import os
+import random
+import shutil
+import time
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from sact_tf.data import datasets
+from sact_tf.data import pipelines
+from sact_tf.train import checkpointing
+from sact_tf.train import config as config_lib
+from sact_tf.train import distribution
+
+TrainResult = collections.namedtuple(
+    'TrainResult', ['step', 'checkpoint', 'metrics', 'seconds'])
+
+_METRICS = ('loss', 'cross_entropy', 'ponder_loss', 'regularization',
+            'ponder_cost', 'flops', 'accuracy')
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or the weights became NaN or infinite."""
+
+
+def build_model(config, image_size=None):
+  """The config's ResNet, built at `image_size` (default: training size)."""
+  return checkpointing.build_model(config.model_kwargs(),
+                                   image_size or config.image_size)
+
+
+@contextlib.contextmanager
+def _python_seed(seed):
+  """Seeds Keras' initialisers, leaving the process's random state alone.
+
+  Keras draws each initialiser's seed from Python's `random` when a layer is
+  created, so the same seed gives the same initial weights.
+  """
+  state = random.getstate()
+  random.seed(seed)
+  try:
+    yield
+  finally:
+    random.setstate(state)
+
+
+class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """values[i] from step boundaries[i - 1] on (values[0] before the first).
+
+  Also used for a constant rate (no boundaries), so that the optimizer's
+  checkpoint layout does not depend on the schedule and a run can resume
+  with other learning rate flags.
+  """
+
+  def __init__(self, boundaries, values):
+    if len(values) != len(boundaries) + 1:
+      raise ValueError(f'A step schedule needs one more value than '
+                       f'boundaries, got {len(values)} values and '
+                       f'{len(boundaries)} boundaries.')
+    self.boundaries = [int(b) for b in boundaries]
+    self.values = [float(v) for v in values]
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.int64)
+    index = tf.reduce_sum(tf.cast(
+        step >= tf.constant(self.boundaries, tf.int64, shape=[
+            len(self.boundaries)]), tf.int32))
+    return tf.gather(tf.constant(self.values, tf.float32), index)
+
+  def get_config(self):
+    return {'boundaries': self.boundaries, 'values': self.values}
+
+
+def _schedule(config):
+  return StepSchedule(config.lr_boundaries, config.learning_rates())
+
+
+def _all_finite(model):
+  return all(bool(tf.reduce_all(tf.math.is_finite(v.value)))
+             for v in model.trainable_variables)
+
+
+def _make_train_step(model, optimizer, config, strategy):
+  global_batch = config.batch_size
+  adaptive = config.model_type != 'resnet'
+
+  def step_fn(batch):
+    images, labels = batch['image'], batch['label']
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      logits = outputs['logits']
+      per_example = keras.losses.categorical_crossentropy(
+          tf.one_hot(labels, config.num_classes), logits, from_logits=True,
+          label_smoothing=config.label_smoothing)
+      cross_entropy = tf.nn.compute_average_loss(
+          per_example, global_batch_size=global_batch)
+      regularization = (tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+                        if model.losses else tf.constant(0.0))
+      if adaptive:
+        ponder_cost = tf.nn.compute_average_loss(
+            outputs['ponder_cost'], global_batch_size=global_batch)
+      else:
+        ponder_cost = tf.constant(0.0)
+      ponder_loss = config.tau * ponder_cost
+      loss = cross_entropy + regularization + ponder_loss
+    gradients = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                               labels), tf.float32)
+    return {
+        'loss': loss,
+        'cross_entropy': cross_entropy,
+        'ponder_loss': ponder_loss,
+        'regularization': regularization,
+        'ponder_cost': ponder_cost,
+        'flops': tf.reduce_sum(tf.cast(outputs['flops'], tf.float32))
+                 / global_batch,
+        'accuracy': tf.reduce_sum(correct) / global_batch,
+    }
+
+  @tf.function
+  def train_step(iterator):
+    per_replica = strategy.run(step_fn, args=(next(iterator),))
+    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for k, v in per_replica.items()}
+
+  return train_step
+
+
+def _check_resumable(config, chief):
+  saved = config_lib.load(config.model_dir)
+  config_lib.check_same_model(config, saved, config.model_dir)
+  if chief:
+    config_lib.save(config)
+
+
+def train(config, strategy=None):
+  """Trains the config's model up to `config.train_steps` steps.
+
+  Args:
+    config: an `ExperimentConfig`.
+    strategy: a `tf.distribute.Strategy` (default: the default strategy).
+
+  Returns:
+    `TrainResult(step, checkpoint, metrics, seconds)`: the final step, the
+    last checkpoint, the mean training metrics of the last summary window and
+    the wall time of this call.
+
+  Raises:
+    DatasetNotReadyError: before any model is built, if the data is missing.
+    TrainingDivergedError: the loss or weights became non-finite.
+    ValueError: the model directory holds a different model.
+  """
+  started = time.time()
+  strategy = strategy or tf.distribute.get_strategy()
+  spec = datasets.get_spec(config.dataset)
+  builder = datasets.prepare(config.dataset, config.data_dir, config.download)
+  chief = distribution.is_chief(strategy)
+  os.makedirs(config.model_dir, exist_ok=True)
+  _check_resumable(config, chief)
+
+  with strategy.scope(), _python_seed(config.seed):
+    model = build_model(config)
+    optimizer = keras.optimizers.SGD(learning_rate=_schedule(config),
+                                     momentum=config.momentum)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+  checkpoint = checkpointing.make_checkpoint(model, optimizer, step)
+  save_dir = distribution.write_dir(config.model_dir, strategy)
+  manager = tf.train.CheckpointManager(
+      checkpoint, save_dir, max_to_keep=config.keep_checkpoints,
+      checkpoint_name='ckpt')
+  latest = tf.train.latest_checkpoint(config.model_dir)
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    logging.info('Resuming from %s (step %d).', latest, int(step.numpy()))
+  elif config.init_checkpoint:
+    checkpointing.init_from_checkpoint(model, config.init_checkpoint,
+                                       config.init_model, config.init_mode)
+  start = int(step.numpy())
+  if start >= config.train_steps:
+    logging.info('Already trained for %d steps (train_steps=%d): nothing to '
+                 'do.', start, config.train_steps)
+    return TrainResult(start, latest, {}, time.time() - started)
+
+  dataset = strategy.distribute_datasets_from_function(
+      lambda context: pipelines.train_dataset(
+          builder, spec, config.preprocessing, config.image_size,
+          config.batch_size, start_step=start, end_step=config.train_steps,
+          seed=config.seed, input_context=context))
+  iterator = iter(dataset)
+  train_step = _make_train_step(model, optimizer, config, strategy)
+  writer = (tf.summary.create_file_writer(
+      os.path.join(config.model_dir, 'train')) if chief
+            else tf.summary.create_noop_writer())
+
+  def save(current):
+    if not _all_finite(model):
+      raise TrainingDivergedError(
+          f'The weights became NaN or infinite by step {current}; not saving '
+          f'them. The last good checkpoint is {manager.latest_checkpoint}. '
+          'Lower --learning_rate and start again from it.')
+    return manager.save(checkpoint_number=current)
+
+  logging.info('Training %s %s (units %s) on %s from step %d to %d.',
+               config.model_type, config.family, config.units, config.dataset,
+               start, config.train_steps)
+  window = collections.defaultdict(float)
+  window_steps, window_start = 0, time.time()
+  last_path, last_metrics = latest, {}
+  for current in range(start + 1, config.train_steps + 1):
+    values = train_step(iterator)
+    step.assign_add(1)
+    loss = float(values['loss'])
+    if not math.isfinite(loss):
+      raise TrainingDivergedError(
+          f'The loss is {loss} at step {current}; stopping. The last good '
+          f'checkpoint is {manager.latest_checkpoint}. Lower --learning_rate '
+          'and start again from it.')
+    for key in _METRICS:
+      window[key] += float(values[key])
+    window_steps += 1
+    if current % config.summary_every == 0 or current == config.train_steps:
+      elapsed = time.time() - window_start
+      last_metrics = {k: window[k] / window_steps for k in _METRICS}
+      last_metrics['learning_rate'] = float(
+          keras.ops.convert_to_numpy(optimizer.learning_rate))
+      last_metrics['examples_per_second'] = (
+          window_steps * config.batch_size / max(elapsed, 1e-9))
+      with writer.as_default(step=current):
+        for key, value in last_metrics.items():
+          tf.summary.scalar(key, value)
+      logging.info(
+          'step %d/%d: loss %.4f (cross-entropy %.4f, ponder cost %.3f), '
+          'accuracy %.3f, %.3g FLOPs/image, lr %.3g, %.1f images/s', current,
+          config.train_steps, last_metrics['loss'],
+          last_metrics['cross_entropy'], last_metrics['ponder_cost'],
+          last_metrics['accuracy'], last_metrics['flops'],
+          last_metrics['learning_rate'], last_metrics['examples_per_second'])
+      window.clear()
+      window_steps, window_start = 0, time.time()
+    if current % config.checkpoint_every == 0 or current == config.train_steps:
+      last_path = save(current)
+  writer.flush()
+  if not chief:
+    shutil.rmtree(save_dir, ignore_errors=True)
+  return TrainResult(config.train_steps, last_path, last_metrics,
+                     time.time() - started)

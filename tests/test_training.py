@@ -1,0 +1,247 @@
+import json
+import os
+import pathlib
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from tensorboard.backend.event_processing import event_accumulator
+
+from sact_tf import train
+from sact_tf.train import checkpointing
+from sact_tf.train import config as config_lib
+
+
+def _config(model_dir, **overrides):
+  values = dict(
+      family='cifar', units=[1, 2, 1], model_type='sact', num_classes=10,
+      base_channels=2, tau=0.01, dataset='cifar10', data_dir='/nonexistent',
+      preprocessing='cifar', image_size=32, eval_image_sizes=[32],
+      batch_size=4, eval_batch_size=3, train_steps=4, learning_rate=0.05,
+      lr_boundaries=[3], label_smoothing=0.0, weight_decay=1e-4,
+      model_dir=str(model_dir), checkpoint_every=2, summary_every=2)
+  values.update(overrides)
+  return train.ExperimentConfig(**values)
+
+
+@pytest.fixture(autouse=True, name='mock_data')
+def _mock_data():
+  with tfds.testing.mock_data(num_examples=7):
+    yield
+
+
+@pytest.fixture(scope='module', name='sact_run')
+def _sact_run(tmp_path_factory):
+  """A SACT model trained for 2 steps (tracing the halting loop is slow, so
+  the tests share it)."""
+  model_dir = tmp_path_factory.mktemp('sact')
+  config = _config(model_dir, units=[1, 3, 1], train_steps=2)
+  with tfds.testing.mock_data(num_examples=7):
+    train.train(config)
+  return config
+
+
+def _weights(model_dir, config):
+  model = train.build_model(config)
+  checkpointing.restore_model(model, str(model_dir))
+  return {v.path: v.numpy() for v in model.variables}
+
+
+def _tensors(log_dir, tag):
+  accumulator = event_accumulator.EventAccumulator(
+      log_dir, size_guidance={event_accumulator.TENSORS: 0})
+  accumulator.Reload()
+  return {e.step: float(tf.make_ndarray(e.tensor_proto))
+          for e in accumulator.Tensors(tag)}
+
+
+def test_config_rejects_bad_values_by_name(tmp_path):
+  with pytest.raises(ValueError, match='tau'):
+    _config(tmp_path, tau=-0.1)
+  with pytest.raises(ValueError, match='units'):
+    _config(tmp_path, units=[1, 2])
+  with pytest.raises(ValueError, match='lr_boundaries'):
+    _config(tmp_path, lr_boundaries=[5, 3])
+  with pytest.raises(ValueError, match='init_checkpoint and init_mode'):
+    _config(tmp_path, init_checkpoint='x')
+  with pytest.raises(ValueError, match='Unknown dataset'):
+    _config(tmp_path, dataset='mnist')
+  config = _config(tmp_path)
+  again = train.ExperimentConfig.from_dict(json.loads(json.dumps(
+      config.to_dict())))
+  assert again == config
+  assert config.learning_rates() == pytest.approx([0.05, 0.005])
+
+
+def test_write_json_is_atomic(tmp_path):
+  path = tmp_path / 'out.json'
+  config_lib.write_json(str(path), {'a': 1})
+  with pytest.raises(TypeError):
+    config_lib.write_json(str(path), {'a': object()})
+  assert json.loads(path.read_text()) == {'a': 1}
+  assert os.listdir(tmp_path) == ['out.json']
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path):
+  plain = dict(model_type='resnet')
+  straight = _config(tmp_path / 'straight', **plain)
+  result = train.train(straight)
+  assert result.step == 4
+  assert result.checkpoint.endswith('ckpt-4')
+
+  interrupted = _config(tmp_path / 'resumed', train_steps=2, **plain)
+  train.train(interrupted)
+  resumed = _config(tmp_path / 'resumed', **plain)
+  train.train(resumed)
+
+  a = _weights(tmp_path / 'straight', straight)
+  b = _weights(tmp_path / 'resumed', resumed)
+  assert a.keys() == b.keys()
+  for path in a:
+    np.testing.assert_allclose(a[path], b[path], rtol=1e-4, atol=1e-6,
+                               err_msg=path)
+  reader = tf.train.load_checkpoint(str(tmp_path / 'resumed'))
+  assert reader.get_tensor('step/.ATTRIBUTES/VARIABLE_VALUE') == 4
+  assert reader.get_tensor(
+      'optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE') == 4
+  # Training summaries were written at steps 2 and 4.
+  steps = _tensors(str(tmp_path / 'straight' / 'train'), 'loss')
+  assert sorted(steps) == [2, 4]
+  # Nothing left to do: a third call returns at once.
+  assert train.train(resumed).step == 4
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  good = _config(tmp_path, train_steps=2, checkpoint_every=1,
+                 model_type='resnet')
+  train.train(good)
+  before = _weights(tmp_path, good)
+  diverging = _config(tmp_path, train_steps=6, checkpoint_every=1,
+                      learning_rate=1e30, lr_boundaries=[],
+                      model_type='resnet')
+  with pytest.raises(train.TrainingDivergedError) as error:
+    train.train(diverging)
+  latest = tf.train.latest_checkpoint(str(tmp_path))
+  assert f'last good checkpoint is {latest}' in str(error.value)
+  failed_step = int(re.search(r'(?:at|by) step (\d+)',
+                              str(error.value)).group(1))
+  # Nothing was saved from the step that diverged, what is kept is finite,
+  # and the checkpoint of the first run is untouched.
+  assert int(latest.rsplit('-', 1)[1]) < failed_step
+  for value in _weights(latest, good).values():
+    assert np.all(np.isfinite(value))
+  after = _weights(str(tmp_path / 'ckpt-2'), good)
+  for path, value in before.items():
+    np.testing.assert_array_equal(value, after[path])
+
+
+def test_model_dir_of_another_model_is_refused(sact_run):
+  with pytest.raises(ValueError, match='units'):
+    train.train(_config(sact_run.model_dir, units=[2, 2, 2]))
+  with pytest.raises(ValueError, match='model_type'):
+    train.evaluate(_config(sact_run.model_dir, units=[1, 3, 1],
+                           model_type='act'))
+
+
+def test_evaluation_writes_json_tensorboard_and_table(sact_run):
+  config = sact_run
+  tmp_path = pathlib.Path(config.model_dir)
+  summary = train.evaluate(config)
+  assert summary['num_examples'] == 7
+  assert summary['step'] == 2
+  assert 0.0 <= summary['top1'] <= summary['top5'] <= 1.0
+  assert summary['flops_no_halting'] > 0
+  assert summary['flops_mean'] <= summary['flops_no_halting'] * 1.1
+  assert [b['name'] for b in summary['blocks']] == [
+      'block_1', 'block_2', 'block_3']
+  assert [b['num_units'] for b in summary['blocks']] == [1, 3, 1]
+  for block in summary['blocks']:
+    assert 1.0 <= block['units_mean'] <= block['num_units']
+    assert block['ponder_cost_mean'] >= 1.0
+  total = sum(b['ponder_cost_mean'] for b in summary['blocks'])
+  assert summary['ponder_cost_mean'] == pytest.approx(total, rel=1e-5)
+  assert summary['loss'] == pytest.approx(
+      summary['cross_entropy'] + 0.01 * summary['ponder_cost_mean'])
+
+  path = tmp_path / 'eval_test_32px.json'
+  assert json.loads(path.read_text())['top1'] == summary['top1']
+  log_dir = str(tmp_path / 'eval_test_32px')
+  assert _tensors(log_dir, 'top1') == {2: pytest.approx(summary['top1'])}
+  assert _tensors(log_dir, 'block_2/units_mean') == {
+      2: pytest.approx(summary['blocks'][1]['units_mean'])}
+  table = train.format_table(summary)
+  assert 'top-1 accuracy' in table and 'block_2' in table
+
+
+def test_evaluation_without_checkpoint_says_so(tmp_path):
+  with pytest.raises(FileNotFoundError, match='No checkpoint'):
+    train.evaluate(_config(tmp_path))
+
+
+def test_finetune_copies_all_but_the_halting_heads(tmp_path):
+  plain = _config(tmp_path / 'plain', model_type='resnet', train_steps=1)
+  train.train(plain)
+  plain_weights = _weights(tmp_path / 'plain', plain)
+
+  sact = _config(tmp_path / 'sact', learning_rate=1e-12, lr_boundaries=[],
+                 model_type='act', train_steps=1,
+                 init_checkpoint=str(tmp_path / 'plain'),
+                 init_mode='finetune', init_model=plain.model_fields())
+  model = train.build_model(sact)
+  summary = checkpointing.init_from_checkpoint(
+      model, sact.init_checkpoint, sact.init_model, 'finetune')
+  heads = [v for v in model.variables
+           if checkpointing.is_halting_variable(v.path)]
+  assert summary.copied == len(model.variables) - len(heads)
+  assert summary.skipped == len(heads) > 0
+  for variable in model.variables:
+    if variable.path in plain_weights:
+      np.testing.assert_array_equal(variable.numpy(),
+                                    plain_weights[variable.path])
+  biases = [v.numpy() for v in heads if v.path.endswith('global_conv/bias')]
+  assert biases and all(np.all(b == -3.0) for b in biases)
+
+
+def test_baseline_takes_the_first_units(tmp_path, sact_run):
+  sact = sact_run
+  summary = {'blocks': [{'units_mean': 1.0}, {'units_mean': 1.5},
+                        {'units_mean': 1.49}]}
+  assert train.baseline_units(summary) == [1, 2, 1]
+  with pytest.raises(ValueError, match='units_mean'):
+    train.baseline_units({'top1': 0.5})
+
+  baseline = _config(tmp_path / 'baseline', model_type='resnet',
+                     units=[1, 2, 1], init_checkpoint=sact.model_dir,
+                     init_mode='baseline', init_model=sact.model_fields())
+  model = train.build_model(baseline)
+  checkpointing.init_from_checkpoint(model, baseline.init_checkpoint,
+                                     baseline.init_model, 'baseline')
+  source = _weights(sact.model_dir, sact)
+  for variable in model.variables:
+    np.testing.assert_array_equal(variable.numpy(), source[variable.path])
+
+  too_deep = _config(tmp_path / 'deep', model_type='resnet', units=[1, 4, 1])
+  with pytest.raises(ValueError, match='not in the checkpoint'):
+    checkpointing.init_from_checkpoint(
+        train.build_model(too_deep), sact.model_dir, sact.model_fields(),
+        'baseline')
+
+
+def test_model_checkpoint_without_model_is_refused(tmp_path):
+  with pytest.raises(FileNotFoundError, match='No checkpoint'):
+    checkpointing.resolve(str(tmp_path))
+  model = train.build_model(_config(tmp_path))
+  prefix = checkpointing.write_model_checkpoint(model, str(tmp_path / 'ck'))
+  other = train.build_model(_config(tmp_path, base_channels=4))
+  with pytest.raises(ValueError, match='does not fit'):
+    checkpointing.restore_model(other, prefix)
+
+
+def test_mirrored_strategy_trains(tmp_path):
+  config = _config(tmp_path, model_type='resnet', train_steps=2)
+  result = train.train(config, tf.distribute.MirroredStrategy(['/cpu:0']))
+  assert result.step == 2
+  assert np.isfinite(result.metrics['loss'])
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-2')
