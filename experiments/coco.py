@@ -1,0 +1,210 @@
+r"""Faster R-CNN with a plain / ACT / SACT ResNet feature extractor (Table 1).
+
+The paper's COCO run (SACT ResNet-101, tau 0.005, from an ImageNet run):
+
+  python -m experiments.coco --model_type=sact --model=101 --tau=0.005 \
+      --finetune_from=/runs/imagenet_sact101 --model_dir=/runs/coco_sact101
+
+The offline demo (README), a small model on clutter_digits_detection:
+
+  python -m experiments.coco --dataset=clutter_digits_detection \
+      --model=2,2,3,1 --base_channels=8 --min_size=128 --max_size=128 \
+      --anchor_base_size=32 --anchor_scales=1 --model_dir=/tmp/digits_sact
+
+Modes: train, eval (the latest checkpoint of --model_dir), train_and_eval.
+Evaluation prints COCO AP and the feature extractor's FLOPs (absolute,
+relative to the same network evaluating every unit and to ResNet-101
+blocks 1-3), and writes them to <model_dir>/eval_<split>.json and
+TensorBoard. --export_dir also writes a serving SavedModel.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from experiments import common
+from sact_tf import architectures
+from sact_tf.detection import anchors
+from sact_tf.detection import config as config_lib
+from sact_tf.detection import data
+from sact_tf.detection import evaluation
+from sact_tf.detection import export
+from sact_tf.detection import training
+from sact_tf.train import distribution
+
+FLAGS = flags.FlagValues()
+_fv = dict(flag_values=FLAGS)
+_model = config_lib.ModelConfig
+_run = config_lib.DetectionConfig
+
+flags.DEFINE_float('tau', _model.tau, 'Ponder cost weight on the feature '
+                   'extractor (blocks 1-3), >= 0.', **_fv)
+flags.DEFINE_enum('model_type', 'sact', architectures.MODEL_TYPES,
+                  'Feature extractor: plain ResNet, ACT or SACT.', **_fv)
+flags.DEFINE_string('model', '101', 'ResNet depth (50, 101, 152, 200) or '
+                    'four comma-separated units per block.', **_fv)
+flags.DEFINE_integer('base_channels', _model.base_channels,
+                     'Bottleneck width of block 1 (64 for the real models).',
+                     **_fv)
+flags.DEFINE_enum('mode', 'train_and_eval', config_lib.MODES,
+                  'Train, evaluate the latest checkpoint, or both.', **_fv)
+flags.DEFINE_string('model_dir', None, 'Where checkpoints, TensorBoard logs, '
+                    'config.json and evaluation results go.', **_fv)
+flags.DEFINE_string('data_dir', None, 'TFDS data directory (default: '
+                    '$TFDS_DATA_DIR or ~/tensorflow_datasets).', **_fv)
+flags.DEFINE_enum('dataset', _run.dataset, sorted(data.SPECS),
+                  'TFDS dataset; clutter_digits_detection is the offline '
+                  'demo.', **_fv)
+flags.DEFINE_boolean('download', True, 'Let TFDS download a missing dataset.',
+                     **_fv)
+flags.DEFINE_string('finetune_from', None, 'Checkpoint (directory or prefix) '
+                    'of an experiments.imagenet run: its stem, blocks 1-4 and '
+                    'final batch norm initialise the detector.', **_fv)
+flags.DEFINE_integer('train_steps', _run.train_steps, 'Training steps, one '
+                     'image each.', **_fv)
+flags.DEFINE_float('learning_rate', _run.learning_rate, 'Initial learning '
+                   'rate (x0.1 at each --lr_boundaries step).', **_fv)
+flags.DEFINE_list('lr_boundaries',
+                  [str(b) for b in config_lib.DetectionConfig().lr_boundaries],
+                  'Steps at which the learning rate drops by 10x.', **_fv)
+flags.DEFINE_float('clip_gradient_norm', _run.clip_gradient_norm,
+                   'Global gradient norm clipping (0: off).', **_fv)
+flags.DEFINE_enum('strategy', 'default', distribution.STRATEGIES,
+                  'tf.distribute strategy (one image per replica and step).',
+                  **_fv)
+flags.DEFINE_string('tpu', None, 'TPU name or address (--strategy=tpu).',
+                    **_fv)
+flags.DEFINE_integer('min_size', _run.min_size, 'Images are resized keeping '
+                     'their aspect ratio to this short side, unless the long '
+                     'side would then exceed --max_size.', **_fv)
+flags.DEFINE_integer('max_size', _run.max_size, 'The longest image side '
+                     'after resizing.', **_fv)
+flags.DEFINE_float('anchor_base_size', anchors.BASE_SIZE, 'Anchor size in '
+                   'pixels at scale 1.', **_fv)
+flags.DEFINE_list('anchor_scales', [str(s) for s in anchors.SCALES],
+                  'Anchor scales (times --anchor_base_size).', **_fv)
+flags.DEFINE_list('anchor_aspect_ratios',
+                  [str(r) for r in anchors.ASPECT_RATIOS],
+                  'Anchor aspect ratios (width / height).', **_fv)
+flags.DEFINE_integer('rpn_depth', _model.rpn_depth, 'Channels of the RPN\'s '
+                     '3x3 conv.', **_fv)
+flags.DEFINE_integer('num_proposals', _model.num_proposals, 'Proposals per '
+                     'image.', **_fv)
+flags.DEFINE_boolean('freeze_batch_norm', _model.freeze_batch_norm,
+                     'Keep the ResNet\'s batch-norm statistics and scales '
+                     'fixed (batch 1 gives poor batch statistics).', **_fv)
+flags.DEFINE_boolean('add_ground_truth_proposals',
+                     _model.add_ground_truth_proposals, 'Also train the box '
+                     'classifier on the ground-truth boxes (not in the '
+                     'paper; helps short runs).', **_fv)
+flags.DEFINE_float('weight_decay', _model.weight_decay, 'Keras L2 factor on '
+                   'the ResNet\'s conv kernels.', **_fv)
+flags.DEFINE_integer('eval_examples', 0, 'Evaluate on the first N images '
+                     'only (0: all).', **_fv)
+flags.DEFINE_integer('summary_images', _run.summary_images, 'Evaluation '
+                     'images drawn to TensorBoard with detections and ponder '
+                     'maps.', **_fv)
+flags.DEFINE_integer('checkpoint_every', _run.checkpoint_every,
+                     'Steps between checkpoints.', **_fv)
+flags.DEFINE_integer('keep_checkpoints', _run.keep_checkpoints,
+                     'Checkpoints to keep.', **_fv)
+flags.DEFINE_integer('summary_every', _run.summary_every, 'Steps between '
+                     'training summaries and log lines.', **_fv)
+flags.DEFINE_integer('seed', 0, 'Seed of the data order, augmentation and '
+                     'sampling.', **_fv)
+flags.DEFINE_string('export_dir', None, 'After training / evaluation, write '
+                    'a serving SavedModel of the latest checkpoint here.',
+                    **_fv)
+
+
+def _floats(values, name):
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise ValueError(f'--{name} must be comma-separated numbers, got '
+                     f'{",".join(values)!r}.') from None
+
+
+def _ints(values, name):
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f'--{name} must be comma-separated ints, got '
+                     f'{",".join(values)!r}.') from None
+
+
+def flags_to_config(fv):
+  """The `DetectionConfig` of parsed flags `fv`.
+
+  Raises:
+    ValueError: bad or inconsistent flags, with the fix.
+  """
+  if not fv.model_dir:
+    raise ValueError('--model_dir is required: the directory for '
+                     'checkpoints, logs and results.')
+  spec = data.get_spec(fv.dataset)
+  model = config_lib.ModelConfig(
+      units=common.parse_model('imagenet', fv.model),
+      model_type=fv.model_type, num_classes=spec.num_classes,
+      base_channels=fv.base_channels, tau=fv.tau,
+      weight_decay=fv.weight_decay, freeze_batch_norm=fv.freeze_batch_norm,
+      anchor_base_size=fv.anchor_base_size,
+      anchor_scales=_floats(fv.anchor_scales, 'anchor_scales'),
+      anchor_aspect_ratios=_floats(fv.anchor_aspect_ratios,
+                                   'anchor_aspect_ratios'),
+      rpn_depth=fv.rpn_depth, num_proposals=fv.num_proposals,
+      add_ground_truth_proposals=fv.add_ground_truth_proposals)
+  boundaries = _ints(fv.lr_boundaries, 'lr_boundaries')
+  return config_lib.DetectionConfig(
+      model=model, dataset=fv.dataset, data_dir=fv.data_dir,
+      download=fv.download, min_size=fv.min_size, max_size=fv.max_size,
+      train_steps=fv.train_steps, learning_rate=fv.learning_rate,
+      # Boundaries past the end would never apply.
+      lr_boundaries=[b for b in boundaries if b < fv.train_steps],
+      clip_gradient_norm=fv.clip_gradient_norm,
+      eval_examples=fv.eval_examples, summary_images=fv.summary_images,
+      model_dir=fv.model_dir, checkpoint_every=fv.checkpoint_every,
+      keep_checkpoints=fv.keep_checkpoints, summary_every=fv.summary_every,
+      seed=fv.seed, finetune_from=fv.finetune_from)
+
+
+def main(argv):
+  """Runs the flags' mode (see the module doc).
+
+  Under `app.run` the flags are parsed already; tests call `main` with a
+  full command line. The results are printed and written to --model_dir.
+  """
+  if any(arg.startswith('-') for arg in argv[1:]):
+    FLAGS.unparse_flags()
+    argv = FLAGS(argv)
+  elif not FLAGS.is_parsed():
+    FLAGS.mark_as_parsed()
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    config = flags_to_config(FLAGS)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.tpu)
+  if FLAGS.mode in ('train', 'train_and_eval'):
+    result = training.train(config, strategy)
+    logging.info('Trained to step %d in %.0f s; checkpoint %s.', result.step,
+                 result.seconds, result.checkpoint)
+  if not distribution.is_chief(strategy):
+    return
+  if FLAGS.mode in ('eval', 'train_and_eval'):
+    summary = evaluation.evaluate(config)
+    print(evaluation.format_table(summary), flush=True)
+    print('Results: '
+          f'{evaluation.result_path(config.model_dir, summary["split"])}',
+          flush=True)
+  if FLAGS.export_dir:
+    model = training.build_model(config.model)
+    training.restore_model(model, config.model_dir)
+    export.export_saved_model(model, FLAGS.export_dir, config.min_size,
+                              config.max_size)
+    print(f'Exported to {FLAGS.export_dir}', flush=True)
+
+
+if __name__ == '__main__':
+  common.main_with_flags(main, FLAGS)

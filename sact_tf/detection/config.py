@@ -1,0 +1,301 @@
+"""Settings of the Faster R-CNN model and of a detection run.
+
+`ModelConfig` defines the network and both stages; its defaults are the
+paper's (TF Object Detection API faster_rcnn_resnet101_coco with a
+pre-activation ResNet-101, SPEC.md section 4). `DetectionConfig` adds the
+data, optimisation and output settings of a run; it is saved as
+`config.json` in the model directory so that evaluation and export rebuild
+the same model, and so that a resumed run can check it is the same one.
+"""
+
+import dataclasses
+import os
+from typing import List, Optional, Tuple
+
+from sact_tf import architectures
+from sact_tf import halting
+from sact_tf import losses as ponder_losses
+from sact_tf import sparse as sparse_lib
+from sact_tf.detection import anchors as anchors_lib
+from sact_tf.train import config as train_config
+
+CONFIG_FILENAME = 'config.json'
+MODES = ('train', 'eval', 'train_and_eval')
+
+
+def _positive_int(name, value):
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f'{name} must be a positive int, got {value!r}.')
+
+
+def _fraction(name, value, low_open=True):
+  ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)
+  if not ok:
+    raise ValueError(f'{name} must be in {"(0" if low_open else "[0"}, 1], '
+                     f'got {value!r}.')
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """The detector (see `sact_tf.detection.model.FasterRCNN`).
+
+  Attributes:
+    units: units per ResNet block (4 ints); blocks 1-3 extract features,
+      block 4 classifies boxes.
+    model_type: feature extractor type, 'resnet', 'act' or 'sact'.
+    num_classes: object classes, background excluded (COCO: 80).
+    base_channels: bottleneck width of block 1 (64 for the real models).
+    tau: ponder cost weight, on the feature extractor's blocks only.
+    eps, halting_bias_init: halting settings.
+    weight_decay: Keras L2 factor on the ResNet's conv kernels (0 in the
+      paper's detection configuration).
+    freeze_batch_norm: use the batch-norm statistics and scales as they are
+      (ImageNet-trained ones when fine-tuning) instead of per-image batch
+      statistics; the Object Detection API's setting for batch 1.
+    sparse, dense_fraction: sparse execution of the ACT/SACT blocks at
+      inference (see `sact_tf.models.ResNet`).
+    anchor_base_size, anchor_scales, anchor_aspect_ratios: the anchor grid
+      (stride 16: blocks 1-3's output stride).
+    rpn_depth: channels of the RPN's 3x3 conv.
+    rpn_sample_size, rpn_positive_fraction: the RPN loss' balanced sample.
+    rpn_positive_iou, rpn_negative_iou: anchor matching thresholds.
+    rpn_nms_iou: IoU threshold of the proposals' NMS.
+    num_proposals: proposals kept per image.
+    pre_nms_top_k: best-scoring anchors that enter the proposals' NMS.
+    crop_size: side of the `crop_and_resize` crops (max-pooled 2x2 after).
+    classifier_sample_size, classifier_positive_fraction: the box
+      classifier's balanced sample of proposals in training.
+    classifier_positive_iou: IoU from which a proposal is foreground.
+    add_ground_truth_proposals: offer the ground-truth boxes to the box
+      classifier as extra training proposals (not in the paper).
+    nms_iou: IoU threshold of the per-class NMS of the detections.
+    max_detections_per_class, max_detections: detections kept.
+    score_threshold: detections scoring at most this are dropped.
+  """
+
+  units: List[int] = dataclasses.field(default_factory=lambda: [3, 4, 23, 3])
+  model_type: str = 'sact'
+  num_classes: int = 80
+  base_channels: int = 64
+  tau: float = 0.005
+  eps: float = 0.01
+  halting_bias_init: float = -3.0
+  weight_decay: float = 0.0
+  freeze_batch_norm: bool = True
+  sparse: bool = True
+  dense_fraction: float = sparse_lib.DEFAULT_DENSE_FRACTION
+  anchor_base_size: float = anchors_lib.BASE_SIZE
+  anchor_scales: Tuple[float, ...] = anchors_lib.SCALES
+  anchor_aspect_ratios: Tuple[float, ...] = anchors_lib.ASPECT_RATIOS
+  rpn_depth: int = 512
+  rpn_sample_size: int = 256
+  rpn_positive_fraction: float = 0.5
+  rpn_positive_iou: float = 0.7
+  rpn_negative_iou: float = 0.3
+  rpn_nms_iou: float = 0.7
+  num_proposals: int = 300
+  pre_nms_top_k: int = 6000
+  crop_size: int = 14
+  classifier_sample_size: int = 64
+  classifier_positive_fraction: float = 0.25
+  classifier_positive_iou: float = 0.5
+  add_ground_truth_proposals: bool = False
+  nms_iou: float = 0.6
+  max_detections_per_class: int = 100
+  max_detections: int = 300
+  score_threshold: float = 0.0
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self):
+    """Raises ValueError naming the first bad field and how to fix it."""
+    self.units = architectures.imagenet_units(units=self.units)
+    architectures.validate_model_type(self.model_type)
+    ponder_losses.validate_tau(self.tau)
+    halting.validate_eps(self.eps)
+    sparse_lib.validate_dense_fraction(self.dense_fraction)
+    self.anchor_scales = tuple(float(s) for s in self.anchor_scales)
+    self.anchor_aspect_ratios = tuple(float(r)
+                                      for r in self.anchor_aspect_ratios)
+    anchors_lib.validate(self.anchor_base_size, self.anchor_scales,
+                         self.anchor_aspect_ratios)
+    for name in ('num_classes', 'base_channels', 'rpn_depth',
+                 'rpn_sample_size', 'num_proposals', 'pre_nms_top_k',
+                 'classifier_sample_size', 'max_detections_per_class',
+                 'max_detections'):
+      _positive_int(name, getattr(self, name))
+    if self.crop_size < 2 or self.crop_size % 2:
+      raise ValueError(f'crop_size must be an even int >= 2 (the crops are '
+                       f'max-pooled 2x2), got {self.crop_size!r}.')
+    for name in ('rpn_positive_fraction', 'classifier_positive_fraction'):
+      _fraction(name, getattr(self, name))
+    for name in ('rpn_positive_iou', 'rpn_negative_iou', 'rpn_nms_iou',
+                 'classifier_positive_iou', 'nms_iou'):
+      _fraction(name, getattr(self, name), low_open=False)
+    if self.rpn_negative_iou > self.rpn_positive_iou:
+      raise ValueError(f'rpn_negative_iou ({self.rpn_negative_iou}) must not '
+                       f'exceed rpn_positive_iou ({self.rpn_positive_iou}).')
+
+  @property
+  def num_anchors(self):
+    """Anchors per feature position."""
+    return len(self.anchor_scales) * len(self.anchor_aspect_ratios)
+
+  def to_dict(self):
+    values = dataclasses.asdict(self)
+    values['anchor_scales'] = list(self.anchor_scales)
+    values['anchor_aspect_ratios'] = list(self.anchor_aspect_ratios)
+    return values
+
+  @classmethod
+  def from_dict(cls, values):
+    return cls(**_known(cls, values))
+
+
+def _known(cls, values):
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f'Unknown {cls.__name__} fields {unknown}: was it '
+                     'written by a newer sact_tf?')
+  return dict(values)
+
+
+# Fields of ModelConfig that define the variables: a checkpoint only fits a
+# model that agrees on them.
+MODEL_FIELDS = ('units', 'model_type', 'num_classes', 'base_channels',
+                'anchor_scales', 'anchor_aspect_ratios', 'rpn_depth')
+
+
+@dataclasses.dataclass
+class DetectionConfig:
+  """A detection run (see `experiments.coco` for the flags).
+
+  Attributes:
+    model: the `ModelConfig`.
+    dataset: 'coco/2017' or 'clutter_digits_detection'.
+    data_dir, download: where the TFDS data lives, and whether TFDS may
+      download it.
+    min_size, max_size: images are resized keeping their aspect ratio so
+      that the short side is min_size unless the long side would exceed
+      max_size.
+    flip: random horizontal flips in training.
+    train_steps: total training steps (batch 1).
+    learning_rate, lr_boundaries, lr_decay: the rate starts at
+      learning_rate and is multiplied by lr_decay at each boundary.
+    momentum: SGD momentum.
+    clip_gradient_norm: global-norm gradient clipping (0: off).
+    eval_examples: evaluate on the first N images only (0: all).
+    summary_images: evaluation images drawn to TensorBoard with their
+      detections and ponder map.
+    model_dir: checkpoints, summaries, config and results.
+    checkpoint_every, keep_checkpoints, summary_every: bookkeeping.
+    seed: data order, augmentation and sampling seed.
+    finetune_from: an experiments.imagenet checkpoint (directory or prefix)
+      whose stem and blocks 1-4 initialise a new run, or None.
+  """
+
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  dataset: str = 'coco/2017'
+  data_dir: Optional[str] = None
+  download: bool = True
+  min_size: int = 600
+  max_size: int = 1024
+  flip: bool = True
+  train_steps: int = 1_500_000
+  learning_rate: float = 3e-4
+  lr_boundaries: List[int] = dataclasses.field(
+      default_factory=lambda: [900_000, 1_200_000])
+  lr_decay: float = 0.1
+  momentum: float = 0.9
+  clip_gradient_norm: float = 10.0
+  eval_examples: int = 0
+  summary_images: int = 4
+  model_dir: str = ''
+  checkpoint_every: int = 5000
+  keep_checkpoints: int = 3
+  summary_every: int = 100
+  seed: int = 0
+  finetune_from: Optional[str] = None
+
+  def __post_init__(self):
+    if isinstance(self.model, dict):
+      self.model = ModelConfig.from_dict(self.model)
+    self.validate()
+
+  def validate(self):
+    """Raises ValueError naming the first bad field and how to fix it."""
+    for name in ('min_size', 'max_size', 'checkpoint_every',
+                 'keep_checkpoints', 'summary_every'):
+      _positive_int(name, getattr(self, name))
+    if self.max_size < self.min_size:
+      raise ValueError(f'max_size ({self.max_size}) must be >= min_size '
+                       f'({self.min_size}).')
+    if self.train_steps < 0:
+      raise ValueError(f'train_steps must be >= 0, got {self.train_steps}.')
+    if self.eval_examples < 0:
+      raise ValueError(f'eval_examples must be >= 0 (0: all), got '
+                       f'{self.eval_examples}.')
+    if self.summary_images < 0:
+      raise ValueError(f'summary_images must be >= 0, got '
+                       f'{self.summary_images}.')
+    if not self.learning_rate > 0:
+      raise ValueError(f'learning_rate must be > 0, got '
+                       f'{self.learning_rate}.')
+    if list(self.lr_boundaries) != sorted(set(self.lr_boundaries)) or any(
+        b <= 0 for b in self.lr_boundaries):
+      raise ValueError(f'lr_boundaries must be increasing positive steps, '
+                       f'got {self.lr_boundaries}.')
+    if not 0.0 <= self.momentum < 1.0:
+      raise ValueError(f'momentum must be in [0, 1), got {self.momentum}.')
+    if self.clip_gradient_norm < 0:
+      raise ValueError(f'clip_gradient_norm must be >= 0 (0: off), got '
+                       f'{self.clip_gradient_norm}.')
+
+  def learning_rates(self):
+    """The rate of each piece of the step schedule."""
+    return [self.learning_rate * self.lr_decay**i
+            for i in range(len(self.lr_boundaries) + 1)]
+
+  def to_dict(self):
+    values = dataclasses.asdict(self)
+    values['model'] = self.model.to_dict()
+    return values
+
+  @classmethod
+  def from_dict(cls, values):
+    values = _known(cls, values)
+    values['model'] = ModelConfig.from_dict(values.get('model', {}))
+    return cls(**values)
+
+
+def save(config):
+  """Writes `config` to `<model_dir>/config.json` atomically."""
+  train_config.write_json(os.path.join(config.model_dir, CONFIG_FILENAME),
+                          config.to_dict())
+
+
+def load(model_dir):
+  """The `DetectionConfig` saved in `model_dir`, or None if there is none."""
+  path = os.path.join(model_dir, CONFIG_FILENAME)
+  if not os.path.exists(path):
+    return None
+  return DetectionConfig.from_dict(train_config.read_json(path))
+
+
+def check_same_model(config, saved, where):
+  """Raises ValueError if `saved` has another network than `config`."""
+  if saved is None:
+    return
+  diffs = []
+  for name in MODEL_FIELDS:
+    old, new = getattr(saved.model, name), getattr(config.model, name)
+    if isinstance(old, (list, tuple)):
+      old, new = list(old), list(new)
+    if old != new:
+      diffs.append(f'{name}: {old!r} there, {new!r} now')
+  if diffs:
+    raise ValueError(
+        f'{where} holds a different detector ({"; ".join(diffs)}). Use the '
+        'same model flags, or a new --model_dir for a new model.')

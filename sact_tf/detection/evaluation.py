@@ -1,0 +1,331 @@
+"""Evaluation: COCO box AP and the feature extractor's FLOPs (paper Table 1).
+
+`evaluate` runs a checkpoint over the evaluation split and returns a summary
+dict, which it also writes to the model directory as JSON
+(`eval_<split>.json`, plus the detections in COCO's results format,
+`detections_<split>.json`) and to TensorBoard (run `eval_<split>`: the
+scalars, and images with their detections and the feature extractor's ponder
+map, as in the paper's fig. 10).
+
+Summary keys: dataset, split, num_images, step, checkpoint, model (the
+`ModelConfig` dict), tau, min_size, max_size; AP, AP50, AP75, AP_small,
+AP_medium, AP_large (pycocotools, in [0, 1]); flops_mean, flops_std (the
+feature extractor's FLOPs per image); flops_plain_mean and flops_ratio_mean /
+_std (relative to the same stem + blocks 1-3 evaluating every unit, per
+image); flops_stem_mean and flops_blocks_ratio_mean / _std (the same ratio
+without the stem, which no model type skips: small models' 64-channel stem
+can outweigh their blocks); flops_resnet101_mean and flops_resnet101_ratio_mean / _std (relative
+to plain ResNet-101 blocks 1-3 on the same images: the paper's column);
+ponder_cost_mean / _std (ACT/SACT); blocks (name, units, units_mean,
+units_std, ponder_cost_mean); seconds.
+"""
+
+import math
+import os
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from sact_tf import architectures
+from sact_tf import viz
+from sact_tf.detection import coco_eval
+from sact_tf.detection import config as config_lib
+from sact_tf.detection import data
+from sact_tf.detection import model as model_lib
+from sact_tf.detection import training
+from sact_tf.train import checkpointing
+from sact_tf.train import config as train_config
+
+# Detections drawn in the TensorBoard images score at least this.
+DRAW_SCORE = 0.5
+_DRAW_MAX = 20
+
+
+def result_name(split):
+  return f'eval_{split}'
+
+
+def result_path(model_dir, split):
+  return os.path.join(model_dir, result_name(split) + '.json')
+
+
+def total_ponder_map(model, outputs, size):
+  """`[B, size...]` ponder map summed over the feature extractor's blocks.
+
+  A plain ResNet block is ACT with halting scores 0 before its last unit:
+  its ponder cost is L + 1 everywhere, which is what a plain model gets.
+  """
+  if model.adaptive:
+    return viz.total_ponder_map(outputs, size)
+  batch = tf.shape(outputs['flops'])[0]
+  value = float(sum(u + 1 for u in model.config.units[:3]))
+  return tf.fill(tf.concat([[batch], size], 0), value)
+
+
+def max_ponder_value(model):
+  return viz.max_ponder_value(model.config.units[:3])
+
+
+def detection_image(images, boxes, scores, ponder_map, max_value):
+  """[image with boxes | border | ponder overlay with boxes], `[B, H, W', 3]`.
+
+  Args:
+    images: `[B, H, W, 3]` in [-1, 1].
+    boxes: `[B, D, 4]` normalised; scores: `[B, D]` (those >= DRAW_SCORE
+      are drawn, at most 20).
+    ponder_map: `[B, h, w]`.
+    max_value: the ponder cost drawn in the top colour.
+  """
+  keep = tf.cast(scores >= DRAW_SCORE, tf.float32)[..., tf.newaxis]
+  # Boxes that are not drawn collapse to nothing.
+  boxes = (boxes * keep)[:, :_DRAW_MAX]
+  red = tf.constant([[1.0, 0.2, 0.2, 1.0]])
+  drawn = tf.image.draw_bounding_boxes((images + 1.0) / 2.0, boxes, red)
+  return viz.summary_image(drawn * 2.0 - 1.0, ponder_map, max_value)
+
+
+def _mean_std(values):
+  values = np.asarray(values, np.float64)
+  if values.size == 0:
+    return float('nan'), float('nan')
+  return float(values.mean()), float(values.std())
+
+
+def evaluate(config, checkpoint=None, write=True):
+  """Evaluates a checkpoint of the config's detector.
+
+  Args:
+    config: the run's `DetectionConfig`.
+    checkpoint: checkpoint directory or prefix (default: the latest in
+      config.model_dir).
+    write: write JSON and TensorBoard summaries to the model directory.
+
+  Returns:
+    The summary dict (see the module doc).
+
+  Raises:
+    DatasetNotReadyError: before any model is built, if the data is missing.
+    FileNotFoundError: there is no checkpoint.
+  """
+  spec = data.get_spec(config.dataset)
+  training.check_dataset(config, spec)
+  builder = data.prepare(config.dataset, config.data_dir, config.download)
+  prefix = checkpointing.resolve(checkpoint or config.model_dir)
+  config_lib.check_same_model(config, config_lib.load(config.model_dir),
+                              config.model_dir)
+  model = training.build_model(config.model)
+  training.restore_model(model, prefix)
+  reader = tf.train.load_checkpoint(prefix)
+  step_key = 'step/.ATTRIBUTES/VARIABLE_VALUE'
+  step = int(reader.get_tensor(step_key)) if reader.has_tensor(
+      step_key) else 0
+  first_block = model.feature_blocks[0].name
+
+  @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3],
+                                              tf.float32)])
+  def detect(images):
+    out = model(images, training=False)
+    result = {k: out[k] for k in ('detection_boxes', 'detection_scores',
+                                  'detection_classes', 'num_detections',
+                                  'flops')}
+    for block in model.feature_blocks:
+      units = tf.cast(out[f'{block.name}/num_units'], tf.float32)
+      if units.shape.rank > 1:
+        units = tf.reduce_mean(units, axis=[1, 2])
+      result[f'{block.name}/units'] = units
+      if model.adaptive:
+        result[f'{block.name}/ponder_cost'] = out[f'{block.name}/ponder_cost']
+    if model.adaptive:
+      result['ponder_cost'] = out['ponder_cost']
+      size = tf.shape(out[f'{first_block}/ponder_map'])[1:3]
+    else:
+      # Block 1's resolution (stride 4).
+      size = (tf.shape(images)[1:3] + 3) // 4
+    result['ponder_map'] = total_ponder_map(model, out, size)
+    return result
+
+  evaluator = coco_eval.CocoEvaluator(spec.categories)
+  units = model.config.units
+  per_image = {'flops': [], 'plain': [], 'resnet101': [], 'stem': []}
+  collected = {}
+  images_for_summary = []
+  started = time.time()
+  dataset = data.eval_dataset(builder, spec, config.min_size, config.max_size,
+                              num_examples=config.eval_examples or None)
+  for index, example in enumerate(dataset):
+    out = detect(example['image'])
+    count = int(out['num_detections'][0])
+    evaluator.add_image(
+        example['image_id'], example['height'], example['width'],
+        example['boxes'].numpy(), example['classes'].numpy(),
+        example['is_crowd'].numpy(), example['area'].numpy(),
+        out['detection_boxes'][0, :count].numpy(),
+        out['detection_scores'][0, :count].numpy(),
+        out['detection_classes'][0, :count].numpy())
+    height, width = example['image'].shape[1:3]
+    flops = float(out['flops'][0])
+    per_image['flops'].append(flops)
+    per_image['plain'].append(model_lib.feature_extractor_flops(
+        units, height, width, model.config.base_channels))
+    per_image['stem'].append(model_lib.stem_flops(height, width))
+    per_image['resnet101'].append(model_lib.feature_extractor_flops(
+        architectures.IMAGENET_DEPTHS[101], height, width, 64))
+    for key, value in out.items():
+      if key.endswith('/units') or key.endswith('ponder_cost'):
+        collected.setdefault(key, []).append(float(value[0]))
+    if index < config.summary_images:
+      images_for_summary.append(detection_image(
+          example['image'], out['detection_boxes'], out['detection_scores'],
+          out['ponder_map'], max_ponder_value(model)))
+    if (index + 1) % 100 == 0:
+      logging.info('Evaluated %d images (%.0f s).', index + 1,
+                   time.time() - started)
+  if not evaluator.num_images:
+    raise ValueError(f'Split {spec.eval_split} of {config.dataset} gave no '
+                     'images.')
+  metrics, report = evaluator.evaluate()
+  logging.info('COCOeval:\n%s', report)
+  flops = np.asarray(per_image['flops'])
+  summary = dict(metrics)
+  summary['flops_mean'], summary['flops_std'] = _mean_std(flops)
+  summary['flops_plain_mean'] = float(np.mean(per_image['plain']))
+  summary['flops_ratio_mean'], summary['flops_ratio_std'] = _mean_std(
+      flops / np.asarray(per_image['plain'], np.float64))
+  stem = np.asarray(per_image['stem'], np.float64)
+  (summary['flops_blocks_ratio_mean'],
+   summary['flops_blocks_ratio_std']) = _mean_std(
+       (flops - stem) / (np.asarray(per_image['plain'], np.float64) - stem))
+  summary['flops_stem_mean'] = float(np.mean(stem))
+  summary['flops_resnet101_mean'] = float(np.mean(per_image['resnet101']))
+  (summary['flops_resnet101_ratio_mean'],
+   summary['flops_resnet101_ratio_std']) = _mean_std(
+       flops / np.asarray(per_image['resnet101'], np.float64))
+  if model.adaptive:
+    summary['ponder_cost_mean'], summary['ponder_cost_std'] = _mean_std(
+        collected['ponder_cost'])
+  blocks = []
+  for block, num_units in zip(model.feature_blocks, units):
+    entry = {'name': block.name, 'units': int(num_units)}
+    entry['units_mean'], entry['units_std'] = _mean_std(
+        collected[f'{block.name}/units'])
+    if model.adaptive:
+      entry['ponder_cost_mean'], _ = _mean_std(
+          collected[f'{block.name}/ponder_cost'])
+    blocks.append(entry)
+  summary.update(
+      blocks=blocks, dataset=config.dataset, split=spec.eval_split,
+      num_images=evaluator.num_images, step=step,
+      checkpoint=os.path.abspath(prefix), model=config.model.to_dict(),
+      tau=config.model.tau, min_size=config.min_size,
+      max_size=config.max_size, seconds=time.time() - started)
+  if write:
+    name = result_name(spec.eval_split)
+    train_config.write_json(os.path.join(config.model_dir, name + '.json'),
+                            _nan_to_none(summary))
+    train_config.write_json(
+        os.path.join(config.model_dir, f'detections_{spec.eval_split}.json'),
+        evaluator.detections())
+    _write_summaries(os.path.join(config.model_dir, name), summary,
+                     images_for_summary)
+  return summary
+
+
+_SCALARS = coco_eval.METRICS + (
+    'flops_mean', 'flops_std', 'flops_ratio_mean', 'flops_ratio_std',
+    'flops_blocks_ratio_mean', 'flops_blocks_ratio_std',
+    'flops_resnet101_ratio_mean', 'flops_resnet101_ratio_std',
+    'ponder_cost_mean', 'ponder_cost_std')
+
+
+def _write_summaries(log_dir, summary, images):
+  writer = tf.summary.create_file_writer(log_dir)
+  with writer.as_default(step=summary['step']):
+    for key in _SCALARS:
+      value = summary.get(key)
+      if value is not None and math.isfinite(value):
+        tf.summary.scalar(key, value)
+    for block in summary['blocks']:
+      tf.summary.scalar(f'{block["name"]}/units_mean', block['units_mean'])
+    for index, image in enumerate(images):
+      tf.summary.image(f'detections_and_ponder_map/{index}', image)
+  writer.flush()
+  writer.close()
+
+
+def _nan_to_none(value):
+  # JSON has no NaN; null says "undefined" (e.g. no large objects).
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _nan_to_none(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_nan_to_none(v) for v in value]
+  return value
+
+
+def _percent(value):
+  return 'n/a' if value is None or not math.isfinite(value) else (
+      f'{100 * value:.1f}')
+
+
+def format_table(summary):
+  """The summary as a readable table (Table 1's columns first)."""
+  model = summary['model']
+  lines = [
+      f'{summary["dataset"]} {summary["split"]}, {summary["num_images"]} '
+      f'images (min side {summary["min_size"]}, max {summary["max_size"]}), '
+      f'step {summary["step"]}',
+      f'feature extractor: {model["model_type"]} ResNet blocks 1-3, units '
+      f'{model["units"][:3]}, base channels {model["base_channels"]}, tau '
+      f'{summary["tau"]}',
+      '',
+      '  AP     AP50   AP75   APs    APm    APl',
+      '  ' + ' '.join(f'{_percent(summary[k]):<6}' for k in coco_eval.METRICS),
+      '',
+      f'  feature extractor FLOPs   {summary["flops_mean"]:.4g} +- '
+      f'{summary["flops_std"]:.3g} per image',
+      f'  vs. all units evaluated   {_percent(summary["flops_ratio_mean"])} '
+      f'+- {_percent(summary["flops_ratio_std"])} %  (plain: '
+      f'{summary["flops_plain_mean"]:.4g})',
+      f'  blocks 1-3 alone          '
+      f'{_percent(summary["flops_blocks_ratio_mean"])} +- '
+      f'{_percent(summary["flops_blocks_ratio_std"])} %  (stem: '
+      f'{summary["flops_stem_mean"]:.4g})',
+      f'  vs. ResNet-101 blocks 1-3 '
+      f'{_percent(summary["flops_resnet101_ratio_mean"])} +- '
+      f'{_percent(summary["flops_resnet101_ratio_std"])} %  (ResNet-101: '
+      f'{summary["flops_resnet101_mean"]:.4g})',
+  ]
+  if 'ponder_cost_mean' in summary:
+    lines.append(f'  ponder cost               '
+                 f'{summary["ponder_cost_mean"]:.3f} +- '
+                 f'{summary["ponder_cost_std"]:.3f}')
+  lines += ['', f'  {"block":<10}{"units":>6}{"units used":>18}']
+  for block in summary['blocks']:
+    lines.append(f'  {block["name"]:<10}{block["units"]:>6}'
+                 f'{block["units_mean"]:>10.2f} +- {block["units_std"]:.2f}')
+  return '\n'.join(lines)
+
+
+def format_comparison(named_summaries):
+  """Table 1 in miniature: one row per (name, summary) pair.
+
+  FLOPs are the feature extractor's per image (mean +- std over images);
+  the percentages are relative to the same stem and blocks 1-3 evaluating
+  every unit (the plain network of the same layout) on the same images,
+  with and without the stem.
+  """
+  lines = [f'  {"feature extractor":<20}{"AP":>6}{"AP50":>7}'
+           f'{"FLOPs / image":>21}{"FLOPs (%)":>15}{"blocks 1-3 (%)":>17}']
+  for name, summary in named_summaries:
+    flops = f'{summary["flops_mean"]:.3g} +- {summary["flops_std"]:.2g}'
+    ratio = (f'{_percent(summary["flops_ratio_mean"])} +- '
+             f'{_percent(summary["flops_ratio_std"])}')
+    blocks = (f'{_percent(summary["flops_blocks_ratio_mean"])} +- '
+              f'{_percent(summary["flops_blocks_ratio_std"])}')
+    lines.append(f'  {name:<20}{_percent(summary["AP"]):>6}'
+                 f'{_percent(summary["AP50"]):>7}{flops:>21}{ratio:>15}'
+                 f'{blocks:>17}')
+  return '\n'.join(lines)

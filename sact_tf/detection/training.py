@@ -1,0 +1,347 @@
+"""Training the detector end to end: SGD with momentum, batch 1.
+
+Checkpoints (`sact_tf.train.checkpointing` format: model variables by path,
+optimizer, step) go to the model directory every `checkpoint_every` steps
+and at the end; a run started again with the same config resumes from the
+latest one, at the same place in the data. A new run can start from an
+experiments.imagenet checkpoint (`finetune_from`): the stem, blocks 1-4
+and the final batch norm are copied, the detection heads start fresh.
+"""
+
+import collections
+import math
+import os
+import re
+import shutil
+import time
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from sact_tf.detection import config as config_lib
+from sact_tf.detection import data
+from sact_tf.detection import model as model_lib
+from sact_tf.train import checkpointing
+from sact_tf.train import distribution
+from sact_tf.train.loop import TrainingDivergedError
+
+TrainResult = collections.namedtuple(
+    'TrainResult', ['step', 'checkpoint', 'metrics', 'seconds'])
+InitSummary = collections.namedtuple('InitSummary',
+                                     ['copied', 'kept', 'checkpoint'])
+
+_METRICS = ('loss', 'rpn_objectness', 'rpn_localization',
+            'box_classification', 'box_localization', 'ponder_loss',
+            'regularization', 'ponder_cost', 'flops', 'num_proposals',
+            'positive_anchors', 'foreground_proposals')
+
+
+def build_model(model_config):
+  """A built `FasterRCNN` of `model_config` (variables created)."""
+  model = model_lib.FasterRCNN(model_config)
+  # A known input shape also gives Keras' default serving signature one.
+  model.build((None, None, None, 3))
+  return model
+
+
+def restore_model(model, path):
+  """Restores every variable of a built detector from a checkpoint.
+
+  Returns the checkpoint prefix read.
+
+  Raises:
+    FileNotFoundError: no checkpoint at `path`.
+    ValueError: the checkpoint does not hold this detector's variables.
+  """
+  prefix = checkpointing.resolve(path)
+  checkpoint = tf.train.Checkpoint(model=checkpointing.model_trackable(model))
+  try:
+    status = checkpoint.read(prefix)
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    c = model.config
+    raise ValueError(
+        f'Checkpoint {prefix} does not fit this detector ({c.model_type}, '
+        f'units {c.units}, base_channels {c.base_channels}, '
+        f'{c.num_classes} classes, {c.num_anchors} anchors per position): '
+        f'{e}') from e
+  status.expect_partial()
+  return prefix
+
+
+def _relative(path):
+  # Drop the model's name: 'faster_rcnn/block1/...' and 'resnet_v2/block1/...'
+  # name the same weight.
+  return path.split('/', 1)[1]
+
+
+_MODEL_KEY = re.compile(r'^model/(.+)/\.ATTRIBUTES/VARIABLE_VALUE$')
+
+
+def _unescape(name):
+  # tf.train.Checkpoint escapes '.' as '..' and '/' as '.S' in names.
+  return re.sub(r'\.([.S])', lambda m: '/' if m.group(1) == 'S' else '.',
+                name)
+
+
+def checkpoint_weights(prefix):
+  """{weight name without the model's name: checkpoint key} of a sact_tf
+  checkpoint (`sact_tf.train.checkpointing` format)."""
+  reader = tf.train.load_checkpoint(prefix)
+  weights = {}
+  for key in reader.get_variable_to_shape_map():
+    match = _MODEL_KEY.match(key)
+    if match:
+      weights[_relative(_unescape(match.group(1)))] = key
+  if not weights:
+    raise ValueError(f'{prefix} holds no model weights by path: expected a '
+                     'checkpoint written by experiments.imagenet (or '
+                     'sact_tf.train.checkpointing).')
+  return weights
+
+
+def init_from_imagenet(model, path):
+  """Copies the stem, blocks 1-4 and final batch norm of an ImageNet ResNet.
+
+  Weights are matched by their path below the model's name (e.g.
+  `block2/unit_1/conv1/kernel`), so any sact_tf checkpoint of an ImageNet
+  ResNet with at least the detector's units per block will do. Every
+  non-halting weight of those layers must be there with the same shape.
+  Halting heads are copied where the checkpoint has them with the same shape
+  (an ACT/SACT ImageNet model into the same type), and keep their
+  initialisation (bias -3) otherwise (a plain ResNet into an ACT/SACT
+  detector: the paper's two-stage training). The RPN and the box
+  classifier's output layers start fresh.
+
+  Args:
+    model: a built `FasterRCNN`.
+    path: checkpoint directory or prefix of an experiments.imagenet run.
+
+  Returns:
+    `InitSummary(copied, kept, checkpoint)`.
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+    ValueError: a weight is missing or has another shape.
+  """
+  prefix = checkpointing.resolve(path)
+  reader = tf.train.load_checkpoint(prefix)
+  shapes = reader.get_variable_to_shape_map()
+  keys = checkpoint_weights(prefix)
+  pairs, missing, wrong_shape, kept = [], [], [], 0
+  for variable in model.variables:
+    name = _relative(variable.path)
+    if not name.startswith(model_lib.BACKBONE_PREFIXES):
+      continue
+    key = keys.get(name)
+    fits = key is not None and tuple(shapes[key]) == tuple(variable.shape)
+    if checkpointing.is_halting_variable(name):
+      if fits:
+        pairs.append((variable, key))
+      else:
+        kept += 1
+    elif key is None:
+      missing.append(name)
+    elif not fits:
+      wrong_shape.append(f'{name}: checkpoint {tuple(shapes[key])}, detector '
+                         f'{tuple(variable.shape)}')
+    else:
+      pairs.append((variable, key))
+  if missing or wrong_shape:
+    lines = [f'Cannot initialise the detector ({model.config.model_type}, '
+             f'units {model.config.units}, base_channels '
+             f'{model.config.base_channels}) from {prefix}:']
+    if missing:
+      lines.append(f'{len(missing)} weight(s) not in the checkpoint: '
+                   + ', '.join(missing[:10])
+                   + (' ...' if len(missing) > 10 else ''))
+    if wrong_shape:
+      lines.append(f'{len(wrong_shape)} with another shape: '
+                   + '; '.join(wrong_shape[:10]))
+    lines.append('Use the --model and --base_channels of the ImageNet run.')
+    raise ValueError('\n'.join(lines))
+  for variable, key in pairs:
+    variable.assign(reader.get_tensor(key))
+  logging.info('Initialised %d weights of the detector from %s (%d halting '
+               'weights kept at their initialisation).', len(pairs), prefix,
+               kept)
+  return InitSummary(len(pairs), kept, prefix)
+
+
+def _schedule(config):
+  if not config.lr_boundaries:
+    return config.learning_rate
+  return keras.optimizers.schedules.PiecewiseConstantDecay(
+      list(config.lr_boundaries), config.learning_rates())
+
+
+def _all_finite(model):
+  return all(bool(tf.reduce_all(tf.math.is_finite(v.value)))
+             for v in model.trainable_variables)
+
+
+def _make_train_step(model, optimizer, config, strategy, step):
+  replicas = strategy.num_replicas_in_sync
+
+  def step_fn(example):
+    context = tf.distribute.get_replica_context()
+    seed = tf.stack([tf.constant(config.seed, tf.int32),
+                     tf.cast(step, tf.int32) * replicas
+                     + context.replica_id_in_sync_group])
+    with tf.GradientTape() as tape:
+      values = model.losses_and_metrics(example['image'], example['boxes'],
+                                        example['classes'], seed)
+      # Gradients are summed over replicas: each brings 1 / replicas.
+      scaled = values['loss'] / replicas
+    variables = model.trainable_variables
+    gradients = tape.gradient(scaled, variables)
+    if config.clip_gradient_norm:
+      gradients, _ = tf.clip_by_global_norm(gradients,
+                                            config.clip_gradient_norm)
+    optimizer.apply_gradients(zip(gradients, variables))
+    values['dropped_boxes'] = tf.cast(example['dropped_boxes'], tf.float32)
+    return values
+
+  @tf.function
+  def train_step(iterator):
+    per_replica = strategy.run(step_fn, args=(next(iterator),))
+    return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+            for k, v in per_replica.items()}
+
+  return train_step
+
+
+def check_dataset(config, spec):
+  """Raises ValueError if the model's classes do not fit the dataset."""
+  if config.model.num_classes != spec.num_classes:
+    raise ValueError(f'The model has {config.model.num_classes} classes but '
+                     f'{spec.name} has {spec.num_classes}.')
+
+
+def train(config, strategy=None):
+  """Trains the config's detector up to `config.train_steps` steps.
+
+  Args:
+    config: a `sact_tf.detection.config.DetectionConfig`.
+    strategy: a `tf.distribute.Strategy` (default: the default one); each
+      replica takes one image per step.
+
+  Returns:
+    `TrainResult(step, checkpoint, metrics, seconds)`: the final step, the
+    last checkpoint, the mean metrics of the last summary window (with
+    `dropped_boxes` summed over it) and the wall time of this call.
+
+  Raises:
+    DatasetNotReadyError: before any model is built, if the data is missing.
+    TrainingDivergedError: the loss or weights became non-finite.
+    ValueError: the model directory holds another detector.
+  """
+  started = time.time()
+  strategy = strategy or tf.distribute.get_strategy()
+  spec = data.get_spec(config.dataset)
+  check_dataset(config, spec)
+  builder = data.prepare(config.dataset, config.data_dir, config.download)
+  chief = distribution.is_chief(strategy)
+  os.makedirs(config.model_dir, exist_ok=True)
+  config_lib.check_same_model(config, config_lib.load(config.model_dir),
+                              config.model_dir)
+  if chief:
+    config_lib.save(config)
+
+  with strategy.scope():
+    model = build_model(config.model)
+    optimizer = keras.optimizers.SGD(learning_rate=_schedule(config),
+                                     momentum=config.momentum)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+  checkpoint = checkpointing.make_checkpoint(model, optimizer, step)
+  save_dir = distribution.write_dir(config.model_dir, strategy)
+  manager = tf.train.CheckpointManager(
+      checkpoint, save_dir, max_to_keep=config.keep_checkpoints,
+      checkpoint_name='ckpt')
+  latest = tf.train.latest_checkpoint(config.model_dir)
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    logging.info('Resuming from %s (step %d).', latest, int(step.numpy()))
+  elif config.finetune_from:
+    init_from_imagenet(model, config.finetune_from)
+  start = int(step.numpy())
+  if start >= config.train_steps:
+    logging.info('Already trained for %d steps (train_steps=%d): nothing to '
+                 'do.', start, config.train_steps)
+    return TrainResult(start, latest, {}, time.time() - started)
+
+  replicas = strategy.num_replicas_in_sync
+  dataset = strategy.distribute_datasets_from_function(
+      lambda context: data.train_dataset(
+          builder, spec, config.min_size, config.max_size, flip=config.flip,
+          start_step=start, seed=config.seed, input_context=context))
+  iterator = iter(dataset)
+  train_step = _make_train_step(model, optimizer, config, strategy, step)
+  writer = (tf.summary.create_file_writer(
+      os.path.join(config.model_dir, 'train')) if chief
+            else tf.summary.create_noop_writer())
+
+  def save(current):
+    if not _all_finite(model):
+      raise TrainingDivergedError(
+          f'The weights became NaN or infinite by step {current}; not saving '
+          f'them. The last good checkpoint is {manager.latest_checkpoint}. '
+          'Lower --learning_rate and start again from it.')
+    path = manager.save(checkpoint_number=current)
+    if not chief:
+      shutil.rmtree(save_dir, ignore_errors=True)
+    return path
+
+  logging.info('Training a %s Faster R-CNN (units %s, base channels %d) on '
+               '%s from step %d to %d.', config.model.model_type,
+               config.model.units, config.model.base_channels, config.dataset,
+               start, config.train_steps)
+  window = collections.defaultdict(float)
+  window_steps, window_start = 0, time.time()
+  last_path, last_metrics = latest, {}
+  for current in range(start + 1, config.train_steps + 1):
+    values = train_step(iterator)
+    step.assign_add(1)
+    loss = float(values['loss'])
+    if not math.isfinite(loss):
+      raise TrainingDivergedError(
+          f'The loss is {loss} at step {current}; stopping. The last good '
+          f'checkpoint is {manager.latest_checkpoint}. Lower --learning_rate '
+          'and start again from it.')
+    for key in _METRICS:
+      window[key] += float(values[key])
+    window['dropped_boxes'] += float(values['dropped_boxes']) * replicas
+    window_steps += 1
+    if current % config.summary_every == 0 or current == config.train_steps:
+      elapsed = time.time() - window_start
+      last_metrics = {k: window[k] / window_steps for k in _METRICS}
+      last_metrics['dropped_boxes'] = window['dropped_boxes']
+      last_metrics['learning_rate'] = float(
+          keras.ops.convert_to_numpy(optimizer.learning_rate))
+      last_metrics['images_per_second'] = (window_steps * replicas
+                                           / max(elapsed, 1e-9))
+      with writer.as_default(step=current):
+        for key, value in last_metrics.items():
+          tf.summary.scalar(key, value)
+      logging.info(
+          'step %d/%d: loss %.4f (RPN %.4f + %.4f, boxes %.4f + %.4f, ponder '
+          'cost %.3f), %.3g feature FLOPs/image, lr %.3g, %.2f images/s',
+          current, config.train_steps, last_metrics['loss'],
+          last_metrics['rpn_objectness'], last_metrics['rpn_localization'],
+          last_metrics['box_classification'],
+          last_metrics['box_localization'], last_metrics['ponder_cost'],
+          last_metrics['flops'], last_metrics['learning_rate'],
+          last_metrics['images_per_second'])
+      if window['dropped_boxes']:
+        logging.warning('Dropped %d degenerate (zero-area) ground-truth '
+                        'boxes in the last %d images.',
+                        int(window['dropped_boxes']), window_steps * replicas)
+      window.clear()
+      window_steps, window_start = 0, time.time()
+    if current % config.checkpoint_every == 0 or current == config.train_steps:
+      last_path = save(current)
+  writer.flush()
+  return TrainResult(config.train_steps, last_path, last_metrics,
+                     time.time() - started)
