@@ -18,6 +18,10 @@ setuptools.setup(
         'numpy',
         'absl-py',
         'pycocotools',
+        # tf.summary needs it; TensorFlow 2.21 no longer installs it.
+        'tensorboard',
+        # TFDS 4.9.10 imports it when preparing any dataset.
+        'importlib_resources',
         # Ships the offline demo data: handwritten digits and sample photos.
         'scikit-learn',
         # Gaussian filters for saliency maps and MATLAB .mat fixation files.
