@@ -108,6 +108,16 @@ def export_saved_model(model, export_dir, image_size=224):
   archive.add_endpoint(
       'serve_encoded', functions.serve_encoded,
       input_signature=[tf.TensorSpec([None], tf.string, name='encoded')])
+  return write_archive(archive, export_dir)
+
+
+def write_archive(archive, export_dir):
+  """Writes a `keras.export.ExportArchive` to `export_dir` atomically.
+
+  The SavedModel goes to a temporary folder next to `export_dir` and is
+  moved into place, so an interrupted export leaves no half-written model;
+  an existing `export_dir` is replaced. Returns `export_dir`.
+  """
   parent = os.path.dirname(os.path.abspath(export_dir))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix='.export-')

@@ -19,13 +19,10 @@ The archive is written like `sact_tf.export`'s: Keras' `ExportArchive`,
 into a temporary folder that is then moved into place.
 """
 
-import os
-import shutil
-import tempfile
-
 import keras
 import tensorflow as tf
 
+from sact_tf import export as classification_export
 from sact_tf.detection import data
 from sact_tf.detection import evaluation
 
@@ -80,15 +77,4 @@ def export_saved_model(model, export_dir, min_size=600, max_size=1024):
       'serving_default', serving.serve,
       input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8,
                                      name='images')])
-  parent = os.path.dirname(os.path.abspath(export_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix='.export-')
-  try:
-    archive.write_out(tmp, verbose=False)
-    if os.path.exists(export_dir):
-      shutil.rmtree(export_dir)
-    os.replace(tmp, export_dir)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
-  return export_dir
+  return classification_export.write_archive(archive, export_dir)
