@@ -120,10 +120,16 @@ def test_losses_and_gradients_are_finite(sact_model):
   for key, value in values.items():
     assert np.isfinite(value.numpy()), key
   grads = tape.gradient(values['loss'], sact_model.trainable_variables)
+  # Units after the last one the batch ran (random weights can halt early)
+  # were never executed, so they alone may lack a gradient.
+  out = sact_model(images(), training=False)
+  skipped = [f'{block}/unit_{u}/' for block in ('block1', 'block2', 'block3')
+             for u in range(int(out[f'{block}/num_units'].numpy().max()) + 1,
+                            10)]
   missing = [v.path for v, g in zip(sact_model.trainable_variables, grads)
-             if g is None]
+             if g is None and not any(s in v.path for s in skipped)]
   assert not missing
-  assert all(np.all(np.isfinite(g.numpy())) for g in grads)
+  assert all(np.all(np.isfinite(g.numpy())) for g in grads if g is not None)
   assert values['positive_anchors'] >= 2  # each box claims an anchor
   np.testing.assert_allclose(values['ponder_loss'].numpy(),
                              0.005 * values['ponder_cost'].numpy(), rtol=1e-6)
