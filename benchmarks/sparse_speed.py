@@ -1,5 +1,7 @@
 r"""Wall time of sparse ACT / SACT execution against plain ResNets.
 
+Run by hand (the default sections take about 15 minutes on 2 cores):
+
   python -m benchmarks.sparse_speed                  # the README table
   python -m benchmarks.sparse_speed --sections=break_even
   python -m benchmarks.sparse_speed --sections=sact --runs=9
@@ -19,13 +21,14 @@ Sections (all on random weights, inference unless stated):
     gathering stops paying, i.e. what `sact_tf.sparse.DEFAULT_DENSE_FRACTION`
     should be.
 
-The forced halting heads cost no FLOPs, so a FLOPs ratio counts convolutions
-of the units (and stem, logits) only. Columns: FLOPs ratio and wall-time
-ratio against the plain network, and the share of the FLOPs saving that
-shows in wall time, (1 - time ratio) / (1 - FLOPs ratio). Times are medians
-of `--runs` runs after `--warmup` calls, all variants interleaved in one
-process (the machine may be shared): ratios, not absolute times, are the
-result. Index and mask building happen inside the timed calls.
+The forced halting heads cost no FLOPs, so a FLOPs ratio counts the
+convolutions of the units, stem (and logits) only. Columns: FLOPs ratio and
+wall-time ratio against the plain network, their quotient, the share of the
+FLOPs saving that shows in wall time, (1 - time ratio) / (1 - FLOPs ratio),
+and the ratio of process CPU time. Times are medians of `--runs` runs after
+`--warmup` calls, all variants interleaved in one process (the machine may
+be shared): ratios, not absolute times, are the result. Index and mask
+building happen inside the timed calls.
 """
 
 import collections
@@ -206,13 +209,21 @@ RATIO_COLUMNS = ('FLOPs ratio', 'wall-time ratio', 'wall / FLOPs',
                  'saving realised', 'CPU-time ratio')
 
 
-def print_table(title, columns, rows):
+def print_table(title, columns, rows, base=None):
+  """A markdown table; `base` describes the plain network measured."""
   print(title)
   print('| ' + ' | '.join(columns) + ' |')
   print('|' + '|'.join(['---'] + ['---:'] * (len(columns) - 1)) + '|')
   for row in rows:
     print('| ' + ' | '.join(row) + ' |')
+  if base:
+    print(f'\n{base}')
   print()
+
+
+def describe_base(flops, timing):
+  return (f'Plain network: {flops:.3g} FLOPs per image, median '
+          f'{timing.wall:.3f} s wall, {timing.cpu:.3f} s CPU per call.')
 
 
 def sact_scores(fraction, height=600, width=1000):
@@ -251,9 +262,10 @@ def sact_section(runs, warmup, fractions=SACT_FRACTIONS,
       functions[(f, name)], flops[(f, name)] = compiled_network(
           Network(units, 'sact', scores, num_blocks=3, **kwargs), images)
   times = median_times(functions, runs, warmup)
-  return [ratio_row(f'{f:.2f}, {name}', flops[(f, name)], times[(f, name)],
+  rows = [ratio_row(f'{f:.2f}, {name}', flops[(f, name)], times[(f, name)],
                     flops['plain'], times['plain'])
           for f in fractions for name in variants]
+  return rows, describe_base(flops['plain'], times['plain'])
 
 
 def act_section(runs, warmup, height=224, width=224, batch=8,
@@ -270,9 +282,10 @@ def act_section(runs, warmup, height=224, width=224, batch=8,
     functions[name], flops[name] = compiled_network(
         Network(units, first_scores=scores, **kwargs), images)
   times = median_times(functions, runs, warmup)
-  return [ratio_row(name, flops[name], times[name], flops['plain'],
+  rows = [ratio_row(name, flops[name], times[name], flops['plain'],
                     times['plain'])
           for name in ('compacted', 'dense-masked')]
+  return rows, describe_base(flops['plain'], times['plain'])
 
 
 def train_section(runs, warmup, size=224, batch=4, depth=50):
@@ -290,8 +303,10 @@ def train_section(runs, warmup, size=224, batch=4, depth=50):
         lambda model=model: model.train_on_batch(images, labels))
   times = median_times(functions, runs, warmup)
   base = times['resnet']
-  return [(name.upper(), f'{times[name].wall / base.wall:.3f}',
+  rows = [(name.upper(), f'{times[name].wall / base.wall:.3f}',
            f'{times[name].cpu / base.cpu:.3f}') for name in ('act', 'sact')]
+  return rows, (f'Plain ResNet-50: median {base.wall:.3f} s wall, '
+                f'{base.cpu:.3f} s CPU per step.')
 
 
 def machine():
@@ -327,26 +342,26 @@ def main(argv):
         'SACT ResNet-101 feature extractor (blocks 1-3), 600x1000, batch 1, '
         'a blob of f of the positions active after the first unit',
         ('active f, evaluation',) + RATIO_COLUMNS,
-        sact_section(FLAGS.runs, FLAGS.warmup))
+        *sact_section(FLAGS.runs, FLAGS.warmup))
   if 'act' in FLAGS.sections:
     print_table(
         'ACT ResNet-101, 224x224, batch 8, half the images halting after '
         'the first unit of each block', ('evaluation',) + RATIO_COLUMNS,
-        act_section(FLAGS.runs, FLAGS.warmup))
+        *act_section(FLAGS.runs, FLAGS.warmup))
   if 'train' in FLAGS.sections:
     print_table(
         'One training step (forward, backward, SGD), ResNet-50, 224x224, '
         'batch 4, real halting heads, tau 0.005',
         ('model', 'wall-time ratio to ResNet-50', 'CPU-time ratio'),
-        train_section(FLAGS.runs, FLAGS.warmup))
+        *train_section(FLAGS.runs, FLAGS.warmup))
   if 'break_even' in FLAGS.sections:
     print_table(
         'Break-even: SACT extractor with every unit gathered '
         '(dense_fraction 1) or dense and masked (dense_fraction ~0)',
         ('active f, evaluation',) + RATIO_COLUMNS,
-        sact_section(FLAGS.runs, FLAGS.warmup,
-                     fractions=BREAK_EVEN_FRACTIONS,
-                     variants=BREAK_EVEN_VARIANTS))
+        *sact_section(FLAGS.runs, FLAGS.warmup,
+                      fractions=BREAK_EVEN_FRACTIONS,
+                      variants=BREAK_EVEN_VARIANTS))
   print(f'Load average at the end: {load()}.')
 
 

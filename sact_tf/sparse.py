@@ -1,27 +1,29 @@
-"""Evaluating convolutions only at active positions: gather, im2col, scatter.
+"""Evaluating convolutions only at active positions: gather, im2col, add back.
 
 A SACT unit run under a `[B, H, W]` mask needs its residual only at the
 active positions, and its first 1x1 conv only on their 3x3 neighbourhoods.
 These helpers lay that computation out as *rows*: the positions of a mask in
 `tf.where` order (image, then row-major), one row of channels each, so that
 1x1 convs are matmuls and 3x3 convs are matmuls over gathered 3x3 windows
-(im2col). The results are added back into the state in place.
+(im2col). The residual rows are then added into the state, in place when the
+state's buffer is free.
 
-Gathering has a cost of its own (index building, gathers), so above some
-active fraction computing everything and masking is faster: `choose_path` picks between the two, and the threshold
+Gathering has a cost of its own (index building, gathers, the 9x larger
+im2col rows), so above some active fraction computing everything and masking
+is faster: `choose_path` picks the evaluation, and its threshold
 (`dense_fraction`) is an argument of the units, heads, blocks and models.
 
 Batch norm applied to rows uses the moving statistics only: at inference,
 per-position evaluation is then exact. Training-mode batch statistics over
-the gathered positions would differ from those of the dense computation, so
-callers evaluate densely when training.
+gathered positions would differ from those of the dense computation, so
+training-mode calls never gather.
 """
 
 import tensorflow as tf
 
-# Measured with `python -m benchmarks.sparse_speed --break-even` on a 2-core
-# CPU: for ImageNet bottleneck units at 600x1000 input, gathering stops
-# paying between 75 % and 90 % active depending on the block.
+# `python -m benchmarks.sparse_speed --sections=break_even` on a 2-core CPU
+# (SACT ResNet-101 extractor at 600x1000, README): gathering beat dense
+# evaluation and masking at 60-80 % active positions and tied at 90 %.
 DEFAULT_DENSE_FRACTION = 0.85
 
 # `choose_path` results.
@@ -41,13 +43,21 @@ def validate_dense_fraction(value):
   return value
 
 
-def choose_path(active, dense_fraction):
-  """How to evaluate a layer under a `[B, H, W]` mask: an int32 scalar.
+def validate_sparse(sparse):
+  """Returns `sparse`, or raises if it is not a bool."""
+  if not isinstance(sparse, bool):
+    raise ValueError(f'sparse must be True or False, got {sparse!r}.')
+  return sparse
 
-  NOTHING_ACTIVE: the layer has nothing to do. ALL_ACTIVE: dense, no masking
-  needed. DENSE_MASKED: at least `dense_fraction` of the batch's positions are
-  active, dense evaluation then masking is faster. GATHERED: evaluate on the
-  gathered active positions.
+
+def choose_path(active, dense_fraction):
+  """How to evaluate a layer under a bool mask: an int32 scalar.
+
+  `active` is `[B]` (images) or `[B, H, W]` (positions). NOTHING_ACTIVE: the
+  layer has nothing to do. ALL_ACTIVE: dense, no masking needed.
+  DENSE_MASKED: at least `dense_fraction` of the batch is active, so dense
+  evaluation then masking is faster. GATHERED: evaluate on the gathered
+  active positions.
   """
   count = tf.reduce_sum(tf.cast(active, tf.int32))
   size = tf.size(active)
@@ -128,11 +138,13 @@ def conv_rows(conv, rows):
 
 
 def add_rows(x, positions, rows):
-  """`x` plus `rows` `[n, C]` added at `positions` `[n, 3]` (all distinct).
+  """`x` with `rows` added at `positions` (distinct).
 
-  Unlike `tf.tensor_scatter_nd_add`, this reuses the buffer of `x` when
-  nothing else holds it (the previous state in a block's loop), instead of
-  copying the whole state for every unit; otherwise it copies.
+  `positions` is int `[n, k]`, indices into the first k dimensions of `x`
+  (`[n, 3]` positions, `[n, 1]` images); `rows` is `[n, *x.shape[k:]]`.
+  Unlike `tf.tensor_scatter_nd_add`, which copies `x` every time, this
+  updates the buffer of `x` in place when nothing else holds it (the
+  previous state in a block's loop) and copies only otherwise.
   """
   return tf.raw_ops.ScatterNdNonAliasingAdd(input=x, indices=positions,
                                             updates=rows)
@@ -140,5 +152,11 @@ def add_rows(x, positions, rows):
 
 def batch_norm_rows(batch_norm, rows):
   """A Keras `BatchNormalization` (moving statistics) applied to `[n, C]`."""
-  # The layer was built for images: present the rows as a 1 x 1 x n image.
-  return batch_norm(rows[tf.newaxis, tf.newaxis], training=False)[0, 0]
+  # One fused op instead of the layer's chain of elementwise ops: the rows
+  # are few, so per-op overhead counts.
+  normalised, *_ = tf.raw_ops.FusedBatchNormV3(
+      x=rows[tf.newaxis, tf.newaxis], scale=batch_norm.gamma,
+      offset=batch_norm.beta, mean=batch_norm.moving_mean,
+      variance=batch_norm.moving_variance, epsilon=batch_norm.epsilon,
+      is_training=False)
+  return normalised[0, 0]

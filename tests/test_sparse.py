@@ -262,6 +262,30 @@ def assert_same_block_outputs(actual, expected):
                                err_msg=key)
 
 
+def assert_sparse_equals_dense(block, x):
+  dense = clone(block, sparse=False)
+  assert not any(u.sparse for u in dense.units + dense.halting_heads
+                 if hasattr(u, 'sparse'))
+  expected = dense(x)
+  for call in (block, tf.function(block)):
+    assert_same_block_outputs(call(x), expected)
+  return expected
+
+
+def mixed_halting_case(block_cls):
+  """A block and an input whose halting is mixed (checked by the tests)."""
+  if block_cls is blocks.SACTBlock:
+    block = make_block(blocks.SACTBlock, bias=-1.0)
+    return block, tf.constant(
+        np.random.default_rng(14).normal(0, 1, (2, 9, 11, 8)), tf.float32)
+  block = make_block(blocks.ACTBlock, num_units=5, bias=-0.5, spread=4.0)
+  # Images of different scales get different pooled features and scores.
+  scale = np.arange(1, 6)[:, None, None, None]
+  return block, tf.constant(
+      np.random.default_rng(15).normal(0, 1, (5, 5, 7, 8)) * scale,
+      tf.float32)
+
+
 @pytest.mark.parametrize('bias', [10.0, -10.0])
 @pytest.mark.parametrize('dense_fraction', [1.0, 0.5])
 @pytest.mark.parametrize('size', [(2, 9, 11), (1, 1, 1), (3, 4, 1)])
@@ -293,16 +317,6 @@ def test_act_block_compaction_equals_dense(batch, bias):
   x = tf.constant(np.random.default_rng(15).normal(0, 1, (batch, 5, 7, 8)),
                   tf.float32)
   assert_sparse_equals_dense(block, x)
-
-
-def assert_sparse_equals_dense(block, x):
-  dense = clone(block, sparse=False)
-  assert not any(u.sparse for u in dense.units + dense.halting_heads
-                 if hasattr(u, 'sparse'))
-  expected = dense(x)
-  for call in (block, tf.function(block)):
-    assert_same_block_outputs(call(x), expected)
-  return expected
 
 
 class BatchRecorder(keras.layers.Layer):
@@ -346,20 +360,6 @@ def test_act_units_run_on_the_active_images_only():
   assert [int(r.images) for r in recorders] == [4, 3, 2, 1]
   # Scores 0 then 1: each output is the state after the image's last unit.
   np.testing.assert_array_equal(out['output'], np.ones([4, 2, 3, 2]))
-
-
-def mixed_halting_case(block_cls):
-  """A block and an input whose halting is mixed (checked by the tests)."""
-  if block_cls is blocks.SACTBlock:
-    block = make_block(blocks.SACTBlock, bias=-1.0)
-    return block, tf.constant(
-        np.random.default_rng(14).normal(0, 1, (2, 9, 11, 8)), tf.float32)
-  block = make_block(blocks.ACTBlock, num_units=5, bias=-0.5, spread=4.0)
-  # Images of different scales get different pooled features and scores.
-  scale = np.arange(1, 6)[:, None, None, None]
-  return block, tf.constant(
-      np.random.default_rng(15).normal(0, 1, (5, 5, 7, 8)) * scale,
-      tf.float32)
 
 
 @pytest.mark.parametrize('block_cls', [blocks.ACTBlock, blocks.SACTBlock])

@@ -96,8 +96,10 @@ class SACTHaltingHead(_HaltingHead):
 
   Called as `head(x, active)` with batch norm in inference mode and
   `sparse=True`, the local term is computed at the `active` positions only
-  (zero scores elsewhere), unless at least `dense_fraction` of the positions
-  are active.
+  and the other scores are zero, unless at least `dense_fraction` of the
+  batch's positions are active. The 3x3 conv to one channel runs as a matmul
+  to its 9 taps, summed over each position's neighbours; it equals the
+  `local_conv` layer (whose variables it uses) up to float rounding.
 
   Args: as `ACTHaltingHead`, and `sparse`, `dense_fraction` as for
   `sact_tf.layers.BottleneckUnit`.
@@ -106,9 +108,7 @@ class SACTHaltingHead(_HaltingHead):
   def __init__(self, sparse=True,
                dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
     super().__init__(**kwargs)
-    if not isinstance(sparse, bool):
-      raise ValueError(f'sparse must be True or False, got {sparse!r}.')
-    self.sparse = sparse
+    self.sparse = sparse_lib.validate_sparse(sparse)
     self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     self.local_bn = common.batch_norm('local_bn', self.bn_momentum,
                                       self.bn_epsilon)
@@ -143,11 +143,11 @@ class SACTHaltingHead(_HaltingHead):
         })
 
   def _taps(self, rows, training):
-    """The 9 taps of the local 3x3 conv at rows of the state, `[n, 9]`.
+    """Each of the 9 taps of the local 3x3 conv at rows `[n, C]` of the state.
 
-    With one output channel, a conv layer (and im2col) is slow; one matmul
-    gives every kernel tap at every row, and a position's logit sums the
-    taps that its neighbours contribute to it.
+    Returns `[9, n]`. A conv layer with one output channel (and im2col) is
+    slow; one matmul gives every kernel tap at every row, and a position's
+    logit sums the taps that its neighbours contribute to it.
     """
     kernel = tf.reshape(self.local_conv.kernel, [9, self.channels])
     if self.leakiness is None and not training:
@@ -156,18 +156,18 @@ class SACTHaltingHead(_HaltingHead):
       bn = self.local_bn
       scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
       offset = bn.beta - bn.moving_mean * scale
-      return (tf.matmul(rows, kernel * scale, transpose_b=True)
-              + tf.linalg.matvec(kernel, offset))
+      return (tf.matmul(kernel * scale, rows, transpose_b=True)
+              + tf.linalg.matvec(kernel, offset)[:, tf.newaxis])
     normalised = self.local_bn(rows[tf.newaxis, tf.newaxis],
                                training=training)[0, 0]
-    return tf.matmul(self._activation(normalised), kernel, transpose_b=True)
+    return tf.matmul(kernel, self._activation(normalised), transpose_b=True)
 
   def _dense(self, x, global_logit, training):
     shape = tf.shape(x)
     taps = tf.reshape(self._taps(tf.reshape(x, [-1, self.channels]),
-                                 training), tf.concat([shape[:3], [9]], 0))
-    taps = tf.pad(taps, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    local = tf.add_n([taps[:, i:i + shape[1], j:j + shape[2], 3 * i + j]
+                                 training), tf.concat([[9], shape[:3]], 0))
+    taps = tf.pad(taps, [[0, 0], [0, 0], [1, 1], [1, 1]])
+    local = tf.add_n([taps[3 * i + j, :, i:i + shape[1], j:j + shape[2]]
                       for i in range(3) for j in range(3)])
     return tf.sigmoid(local + self.local_conv.bias[0]
                       + global_logit[:, :, :, 0])
@@ -177,10 +177,12 @@ class SACTHaltingHead(_HaltingHead):
     table_mask = sparse_lib.dilate(active)
     taps = self._taps(tf.gather_nd(x, sparse_lib.positions(table_mask)),
                       False)
-    taps = tf.reshape(tf.concat([tf.zeros_like(taps[:1]), taps], 0), [-1])
+    # Column 0 is the zero padding that neighbour_rows points to.
+    taps = tf.pad(taps, [[0, 0], [1, 0]])
     neighbours = sparse_lib.neighbour_rows(centres, table_mask)
-    local = tf.reduce_sum(tf.gather(taps, neighbours * 9 + tf.range(9)),
-                          axis=1)
+    local = tf.reduce_sum(tf.gather(
+        tf.reshape(taps, [-1]),
+        neighbours + tf.range(9) * tf.shape(taps)[1]), axis=1)
     logit = (local + self.local_conv.bias[0]
              + tf.gather(global_logit[:, 0, 0, 0], centres[:, 0]))
     return tf.scatter_nd(centres, tf.sigmoid(logit),

@@ -14,17 +14,18 @@ when `active is None`, else `[B]`) of evaluating the unit under `active`, by
 the paper's convention: the first 1x1 conv over the active set dilated by a
 3x3 window, the other convs over the active set.
 
-Sparse evaluation: with `sparse=True` (the default) and batch norm in
-inference mode (`training` falsy), a unit called with a `[B, H, W]` mask
-computes its residual only where it is needed (`sact_tf.sparse`): its first
-conv on the active positions' 3x3 neighbourhoods, the rest on the active
-positions, and scatters the result into the state. When at least
-`dense_fraction` of the batch's positions are active it computes densely and
-masks instead, which is then faster; with nothing active it returns `x`. The
-outputs equal those of dense evaluation up to float rounding. Training-mode
-calls always compute densely: batch statistics over gathered positions would
-differ from those of the dense computation. `[B]` masks (ACT) are always
-dense and masked here; `sact_tf.layers.ACTBlock` compacts the batch itself.
+Sparse evaluation (`sparse=True`, the default): under a mask, a unit with
+nothing active returns `x`, and one with everything active computes densely
+without masking. Otherwise, with batch norm in inference mode (`training`
+falsy) and a `[B, H, W]` mask, it computes its residual only where it is
+needed (`sact_tf.sparse`): its first conv on the active positions' 3x3
+neighbourhoods, the rest at the active positions, added into the state in
+place; unless at least `dense_fraction` of the batch's positions are active,
+when dense evaluation and masking is faster. The outputs equal those of dense
+evaluation up to float rounding. Training-mode calls and `[B]` masks (ACT)
+compute densely and mask: batch statistics over gathered positions would
+differ from those of the dense computation, and `sact_tf.layers.ACTBlock`
+compacts its batch itself. `sparse=False` always computes densely and masks.
 """
 
 import keras
@@ -48,28 +49,23 @@ def _check_masked(unit, active):
                      '(called with active=None).')
 
 
-def _validate_sparse(sparse):
-  if not isinstance(sparse, bool):
-    raise ValueError(f'sparse must be True or False, got {sparse!r}.')
-  return sparse
-
-
 def _call(unit, x, active, training):
-  """Dense, dense and masked, or gathered evaluation (see the module doc)."""
-  if active is not None:
-    active = tf.convert_to_tensor(active)
+  """Evaluation under `active` (see the module doc)."""
+  if active is None:
+    return unit.dense(x, training)
+  active = tf.convert_to_tensor(active)
   _check_masked(unit, active)
-  if (active is None or active.shape.rank == 1 or training
-      or not unit.sparse):
-    return common.mask_state(unit.dense(x, training), x, active)
-  dense = lambda: unit.dense(x, False)
+  masked = lambda: common.mask_state(unit.dense(x, training), x, active)
+  if not unit.sparse:
+    return masked()
+  gathers = active.shape.rank == 3 and not training
   return tf.switch_case(
       sparse_lib.choose_path(active, unit.dense_fraction), {
           sparse_lib.NOTHING_ACTIVE: lambda: x,
-          sparse_lib.ALL_ACTIVE: dense,
-          sparse_lib.DENSE_MASKED:
-              lambda: common.mask_state(dense(), x, active),
-          sparse_lib.GATHERED: lambda: unit.gathered(x, active),
+          sparse_lib.ALL_ACTIVE: lambda: unit.dense(x, training),
+          sparse_lib.DENSE_MASKED: masked,
+          sparse_lib.GATHERED:
+              (lambda: unit.gathered(x, active)) if gathers else masked,
       })
 
 
@@ -88,10 +84,10 @@ class BottleneckUnit(keras.layers.Layer):
     stride: stride of the 3x3 conv and of the shortcut.
     bn_momentum, bn_epsilon: batch norm settings (0.997, 1e-5 for ImageNet).
     weight_decay: Keras L2 factor on conv kernels.
-    sparse: evaluate only where needed under a `[B, H, W]` mask at inference
-      (see the module doc).
-    dense_fraction: active fraction of the batch's positions from which the
-      sparse unit computes densely and masks instead, in (0, 1].
+    sparse: evaluate only where needed under a mask (see the module doc).
+    dense_fraction: active fraction of the batch's positions from which a
+      sparse unit computes densely and masks instead of gathering, in
+      (0, 1].
   """
 
   def __init__(self, depth, depth_bottleneck, stride=1, bn_momentum=0.997,
@@ -106,7 +102,7 @@ class BottleneckUnit(keras.layers.Layer):
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
     self.weight_decay = weight_decay
-    self.sparse = _validate_sparse(sparse)
+    self.sparse = sparse_lib.validate_sparse(sparse)
     self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     bn = lambda name: common.batch_norm(name, bn_momentum, bn_epsilon)
     self.preact = bn('preact')
@@ -246,7 +242,7 @@ class CifarUnit(keras.layers.Layer):
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
     self.weight_decay = weight_decay
-    self.sparse = _validate_sparse(sparse)
+    self.sparse = sparse_lib.validate_sparse(sparse)
     self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     self.preact = common.batch_norm('preact', bn_momentum, bn_epsilon)
     self.conv1 = common.conv(depth, 3, 'conv1', strides=stride,

@@ -96,9 +96,7 @@ class ResNet(keras.Model):
     self.eps = halting.validate_eps(eps)
     self.tau = losses.validate_tau(tau)
     self.weight_decay = float(weight_decay)
-    if not isinstance(sparse, bool):
-      raise ValueError(f'sparse must be True or False, got {sparse!r}.')
-    self.sparse = sparse
+    self.sparse = sparse_lib.validate_sparse(sparse)
     self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     if family == 'imagenet':
       self._build_imagenet()
