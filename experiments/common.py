@@ -255,6 +255,45 @@ def _baseline(path, family):
   return units, summary['checkpoint'], source
 
 
+# Flags that --mode=eval takes from the run's config.json unless given:
+# flag -> config fields.
+_SAVED_FOR_EVAL = (
+    ('model', ('units',)),
+    ('model_type', ('model_type',)),
+    ('base_channels', ('base_channels',)),
+    ('tau', ('tau',)),
+    ('weight_decay', ('weight_decay',)),
+    ('dataset', ('dataset', 'num_classes', 'data_dir')),
+    ('image_size', ('image_size', 'eval_image_sizes')),
+)
+
+
+def _evaluate_saved_model(binary, fv, config):
+  """--mode=eval: the model (and data) of the run's config.json.
+
+  Flags given on the command line win; the others come from the saved
+  config, so `--mode=eval --model_dir=RUN` evaluates what RUN trained (or
+  what experiments.import_checkpoint wrote) without repeating its flags.
+  """
+  saved = config_lib.load(fv.model_dir)
+  if saved is None:
+    return
+  if saved.family != binary.family:
+    raise ValueError(
+        f'{fv.model_dir} holds a {saved.family} model; evaluate it with '
+        f'experiments.{"imagenet" if saved.family == "imagenet" else "cifar10"}.')
+  for flag, fields in _SAVED_FOR_EVAL:
+    if fv[flag].present:
+      continue
+    for field in fields:
+      if field == 'data_dir' and fv['data_dir'].present:
+        continue
+      if field == 'eval_image_sizes' and fv['eval_image_size'].present:
+        continue
+      setattr(config, field, getattr(saved, field))
+  config.validate()
+
+
 def flags_to_config(binary, fv):
   """The `ExperimentConfig` of parsed flags `fv`.
 
@@ -307,6 +346,8 @@ def flags_to_config(binary, fv):
       checkpoint_every=fv.checkpoint_every,
       keep_checkpoints=fv.keep_checkpoints, summary_every=fv.summary_every,
       seed=fv.seed, **init)
+  if fv.mode == 'eval':
+    _evaluate_saved_model(binary, fv, config)
   if fv.finetune_from:
     config.init_checkpoint = fv.finetune_from
     config.init_mode = 'finetune'
@@ -315,11 +356,14 @@ def flags_to_config(binary, fv):
   return config
 
 
-def run(binary, fv, argv):
-  """Parses `argv` into `fv` when it carries flags, then runs the experiment.
+def parse(fv, argv):
+  """Parses `argv` into the binary's `fv` when it carries flags.
 
   Under `app.run` the flags are parsed already and argv holds only the
   program name; tests call the binaries' `main` with a full command line.
+
+  Raises:
+    app.UsageError: positional arguments were given.
   """
   if any(arg.startswith('-') for arg in argv[1:]):
     fv.unparse_flags()
@@ -328,6 +372,12 @@ def run(binary, fv, argv):
     fv.mark_as_parsed()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+
+
+def run(binary, fv, argv):
+  """Parses `argv` into `fv` when it carries flags, then runs the experiment.
+  """
+  parse(fv, argv)
   try:
     config = flags_to_config(binary, fv)
   except (ValueError, FileNotFoundError) as e:

@@ -6,8 +6,11 @@ signatures:
 * `serving_default` (`serve_images`): `images`, uint8 `[B, H, W, 3]`, any H
   and W; the model runs fully convolutionally at that resolution.
 * `serve_encoded`: `encoded`, string `[B]` of JPEG or PNG bytes; each image
-  gets the evaluation preprocessing (central crop, resize to
-  `image_size` x `image_size`).
+  gets the evaluation preprocessing of its recipe (inception: central crop,
+  resize to `image_size` x `image_size`; cifar: resize).
+
+Pixels are normalised as in training (`sact_tf.inference.normalize`): to
+[-1, 1] for the inception recipe, per-image standardisation for cifar.
 
 Both return `probabilities` `[B, classes]`, `top_classes` / `top_scores`
 `[B, 5]`, `flops` int64 `[B]`, `ponder_cost` `[B]`, `ponder_map` `[B, h, w]`
@@ -22,6 +25,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from sact_tf import fileio
+from sact_tf import inference
 from sact_tf import viz
 
 TOP_K = 5
@@ -35,14 +40,25 @@ def central_crop_and_resize(image, image_size, crop_fraction=0.875):
   return image * 2.0 - 1.0
 
 
+def eval_preprocess(image, image_size, preprocessing, crop_fraction=0.875):
+  """uint8 `[H, W, 3]` -> the model input of the recipe's evaluation."""
+  if preprocessing == 'inception':
+    return central_crop_and_resize(image, image_size, crop_fraction)
+  image = tf.image.resize(tf.cast(image, tf.float32),
+                          [image_size, image_size])
+  return inference.normalize(image, preprocessing)
+
+
 class ServingFunctions:
   """The serving computations of a `sact_tf.models.ResNet`."""
 
-  def __init__(self, model, image_size=224, crop_fraction=0.875):
+  def __init__(self, model, image_size=224, crop_fraction=0.875,
+               preprocessing='inception'):
     if model.model_type == 'resnet':
       raise ValueError('Serving exports ponder maps: export an ACT or SACT '
                        "model, not model_type='resnet'.")
     self.model = model
+    self.preprocessing = inference.validate_preprocessing(preprocessing)
     self.image_size = int(image_size)
     self.crop_fraction = float(crop_fraction)
 
@@ -73,15 +89,15 @@ class ServingFunctions:
         message='images must be RGB: shape [batch, height, width, 3].')
     with tf.control_dependencies([check]):
       images = tf.ensure_shape(tf.identity(images), [None, None, None, 3])
-    return self._outputs(tf.cast(images, tf.float32) / 127.5 - 1.0)
+    return self._outputs(inference.normalize(images, self.preprocessing))
 
   def serve_encoded(self, encoded):
     """string `[B]` JPEG/PNG -> outputs, with the eval preprocessing."""
     def decode(data):
       image = tf.io.decode_image(data, channels=3, expand_animations=False)
       image.set_shape([None, None, 3])
-      return central_crop_and_resize(image, self.image_size,
-                                     self.crop_fraction)
+      return eval_preprocess(image, self.image_size, self.preprocessing,
+                             self.crop_fraction)
     images = tf.map_fn(
         decode, encoded,
         fn_output_signature=tf.TensorSpec(
@@ -89,8 +105,12 @@ class ServingFunctions:
     return self._outputs(images)
 
 
-def export_saved_model(model, export_dir, image_size=224):
+def export_saved_model(model, export_dir, image_size=224,
+                       preprocessing='inception'):
   """Writes a serving SavedModel of `model` to `export_dir` atomically.
+
+  `image_size` is the resolution `serve_encoded` resizes to; `preprocessing`
+  ('inception' or 'cifar') the recipe the model was trained with.
 
   Uses Keras' `ExportArchive`, whose variable tracking also lets the TF1
   loaders (`saved_model_cli`, TF Serving) restore the weights. The model is
@@ -98,7 +118,8 @@ def export_saved_model(model, export_dir, image_size=224):
   an interrupted export leaves no half-written model; an existing
   `export_dir` is replaced.
   """
-  functions = ServingFunctions(model, image_size=image_size)
+  functions = ServingFunctions(model, image_size=image_size,
+                               preprocessing=preprocessing)
   archive = keras.export.ExportArchive()
   archive.track(model)
   archive.add_endpoint(
@@ -125,7 +146,7 @@ def write_archive(archive, export_dir):
     archive.write_out(tmp, verbose=False)
     if os.path.exists(export_dir):
       shutil.rmtree(export_dir)
-    os.replace(tmp, export_dir)
+    fileio.publish(tmp, export_dir, directory=True)
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp)

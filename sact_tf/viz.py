@@ -5,11 +5,10 @@ TensorFlow ops for summaries and serving; `write_png` and `colorbar_png`
 write files. Colour maps come from matplotlib's tables (viridis by default).
 """
 
-import os
-import tempfile
-
 import numpy as np
 import tensorflow as tf
+
+from sact_tf import fileio
 
 # The authors' overlay: image * (1 - 0.75) + 0.75 * heat.
 OVERLAY_ALPHA = 0.75
@@ -104,17 +103,7 @@ def write_png(path, image):
   image = np.asarray(image)
   if image.dtype != np.uint8:
     image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-  data = tf.io.encode_png(image).numpy()
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, suffix='.png.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  fileio.write_bytes(path, tf.io.encode_png(image).numpy())
 
 
 def colorbar_image(vmin, vmax, cmap='viridis', label='ponder cost'):

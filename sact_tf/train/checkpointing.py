@@ -18,6 +18,7 @@ from absl import logging
 import tensorflow as tf
 
 from sact_tf.models import resnet
+from sact_tf.train import config as config_lib
 
 InitSummary = collections.namedtuple('InitSummary',
                                      ['copied', 'skipped', 'checkpoint'])
@@ -111,6 +112,10 @@ def is_halting_variable(path):
   return '_halting/' in path
 
 
+def is_classifier_variable(path):
+  return '/logits/' in path
+
+
 def build_model(model_kwargs, image_size=32):
   """A ResNet built (variables created) by one call on zeros."""
   model = resnet.ResNet(**model_kwargs)
@@ -128,7 +133,9 @@ def init_from_checkpoint(model, path, source_fields, mode):
       and base_channels.
     mode: 'finetune': copy every variable except the halting heads, which
       keep their initialisation (bias -3), e.g. from a plain ResNet into an
-      ACT/SACT one (paper's two-stage training). 'baseline': copy the
+      ACT/SACT one (paper's two-stage training); when the number of
+      classes differs, the classifier (logits) is left at its
+      initialisation too. 'baseline': copy the
       variables of the first units of each block, e.g. from an ACT/SACT model
       into the plain ResNet with its average number of units (paper 4.1).
 
@@ -144,9 +151,15 @@ def init_from_checkpoint(model, path, source_fields, mode):
   source = build_model(kwargs)
   prefix = restore_model(source, path)
   by_path = {v.path: v for v in source.variables}
+  # Fine-tuning onto a dataset with other classes re-initialises the
+  # classifier (e.g. from an ImageNet model to clutter_digits).
+  new_classes = (mode == 'finetune'
+                 and kwargs['num_classes'] != model.num_classes)
   missing, wrong_shape, pairs, skipped = [], [], [], 0
   for variable in model.variables:
-    if mode == 'finetune' and is_halting_variable(variable.path):
+    if mode == 'finetune' and (
+        is_halting_variable(variable.path)
+        or (new_classes and is_classifier_variable(variable.path))):
       skipped += 1
       continue
     other = by_path.get(variable.path)
@@ -172,6 +185,39 @@ def init_from_checkpoint(model, path, source_fields, mode):
   for variable, other in pairs:
     variable.assign(other.value)
   logging.info('Initialised %d variables of %s from %s (%s mode, %d halting '
-               'variables left at their initialisation).', len(pairs),
-               model.name, prefix, mode, skipped)
+               '%svariables left at their initialisation).', len(pairs),
+               model.name, prefix, mode, skipped,
+               'and classifier ' if new_classes else '')
   return InitSummary(len(pairs), skipped, prefix)
+
+
+def load_run(model_dir, checkpoint=None, image_size=32, **model_overrides):
+  """The model of a run directory, restored: `(config, model, prefix)`.
+
+  Reads the run's `config.json` (written by training or by
+  `experiments.import_checkpoint`) to rebuild the model, then restores the
+  latest checkpoint of `model_dir` (or `checkpoint`, a directory or prefix).
+
+  Args:
+    model_dir: the run's model directory.
+    checkpoint: optional checkpoint directory or prefix to restore instead.
+    image_size: size of the square zeros the model is built on (any size
+      works afterwards: the models are fully convolutional).
+    **model_overrides: `ResNet` keyword arguments replacing the config's,
+      e.g. `sparse=False`.
+
+  Raises:
+    FileNotFoundError: no config.json or no checkpoint.
+    ValueError: the checkpoint does not fit the configured model.
+  """
+  config = config_lib.load(model_dir)
+  if config is None:
+    raise FileNotFoundError(
+        f'No {config_lib.CONFIG_FILENAME} in {model_dir}: point --model_dir '
+        'at the directory of a training run (experiments.imagenet / cifar10) '
+        'or of experiments.import_checkpoint.')
+  prefix = resolve(checkpoint or model_dir)
+  kwargs = dict(config.model_kwargs(), **model_overrides)
+  model = build_model(kwargs, image_size)
+  restore_model(model, prefix)
+  return config, model, prefix

@@ -9,10 +9,10 @@ so that later tools (evaluation, export, ponder maps) can rebuild the model.
 import dataclasses
 import json
 import os
-import tempfile
 from typing import List, Optional
 
 from sact_tf import architectures
+from sact_tf import fileio
 from sact_tf import halting
 from sact_tf import losses
 from sact_tf.data import datasets
@@ -191,21 +191,8 @@ def write_json(path, value):
   A reader sees the old file or the new one, never a partial one, even if
   the process dies mid-write.
   """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, temp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.',
-                              suffix='.tmp', dir=directory)
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      json.dump(value, f, indent=2, sort_keys=True)
-      f.write('\n')
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temp, path)
-  except BaseException:
-    if os.path.exists(temp):
-      os.remove(temp)
-    raise
+  text = json.dumps(value, indent=2, sort_keys=True) + '\n'
+  fileio.write_bytes(path, text.encode('utf-8'))
 
 
 def read_json(path):
