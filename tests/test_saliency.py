@@ -1,6 +1,8 @@
+# pylint: disable=protected-access
 import numpy as np
 import pytest
 
+from benchmarks import saliency_speed
 from sact_tf import saliency
 
 
@@ -105,3 +107,199 @@ def test_protocol_tunes_on_one_half_and_reports_the_other():
   assert results['ponder_center']['params']['center_sigma'] in (0.2, 0.3)
   with pytest.raises(ValueError, match='need images'):
     saliency.evaluate_protocol([], test)
+
+
+# The implementation before the speed-up (benchmarks.saliency_speed keeps it
+# verbatim) is the reference for the exact parts.
+
+def _random_case(rng, fixation_shape, map_shape, kind):
+  saliency_map = rng.normal(size=map_shape)
+  if kind == 'ties':
+    saliency_map = np.round(saliency_map)
+  elif kind == 'flat':
+    saliency_map[:map_shape[0] // 2] = 0.5
+  density = rng.choice([0.5, 0.98, 0.9995])
+  fixations = rng.uniform(size=fixation_shape) > density
+  fixations.flat[rng.integers(fixations.size)] = True
+  return saliency_map, fixations
+
+
+@pytest.mark.parametrize('map_shape, shape', [
+    ((180, 320), (1080, 1920)), ((23, 40), (270, 480)), ((40, 60), (4, 6)),
+    ((7, 7), (7, 13)), ((1, 5), (3, 9)), ((5, 1), (2, 4)),
+    ((180, 320), (270, 480))])
+def test_resize_is_bit_identical_to_map_coordinates(map_shape, shape):
+  saliency_map = np.random.default_rng(0).normal(size=map_shape)
+  saliency_map[:2, :2] = 0.3
+  np.testing.assert_array_equal(
+      saliency.resize(saliency_map, shape),
+      saliency_speed.reference_resize(saliency_map, shape))
+
+
+def test_auc_judd_matches_the_reference_on_random_cases():
+  rng = np.random.default_rng(0)
+  shapes = [(270, 480), (64, 100), (36, 64), (100, 7), (5, 5), (1, 9)]
+  for trial in range(54):
+    fixation_shape = shapes[trial % len(shapes)]
+    map_shape = tuple(rng.integers(1, 50, 2))
+    if trial % 9 == 0:
+      map_shape = fixation_shape  # no resize
+    kind = ('smooth', 'ties', 'flat')[trial % 3]
+    saliency_map, fixations = _random_case(rng, fixation_shape, map_shape,
+                                           kind)
+    for jitter in (True, False):
+      seed = int(rng.integers(3))
+      expected = saliency_speed.reference_auc_judd(saliency_map, fixations,
+                                                   jitter, seed)
+      got = saliency.auc_judd(saliency_map, fixations, jitter, seed)
+      assert abs(got - expected) <= 1e-6, (trial, kind, jitter)
+
+
+def test_auc_judd_matches_the_reference_at_cat2000_size():
+  rng = np.random.default_rng(1)
+  ponder, sparse = saliency_speed.synthetic_image(rng)
+  dense = np.asarray(sparse)
+  reference = saliency_speed.reference_auc_judd
+  for saliency_map in (saliency.ponder_saliency(ponder, (180, 320), 0.02,
+                                                0.4),
+                       np.round(ponder)):  # many ties
+    expected = reference(saliency_map, dense)
+    assert abs(saliency.auc_judd(saliency_map, dense) - expected) <= 1e-6
+    # Sparse fixation maps give the same score without a dense copy.
+    assert saliency.auc_judd(saliency_map, sparse) == saliency.auc_judd(
+        saliency_map, dense)
+
+
+def test_count_at_or_above_is_exact_with_ties_and_bucket_edges():
+  rng = np.random.default_rng(2)
+  for size in (50, 5000, 300000):
+    values = np.concatenate([
+        rng.uniform(size=size), rng.integers(0, 17, size) / 16.0,
+        np.full(size // 10, 0.5), [0.0, 1.0]])
+    values = values[rng.permutation(values.size)]
+    thresholds = np.sort(values[rng.integers(0, values.size, 300)])
+    expected = (values[None, :] >= thresholds[:, None]).sum(axis=1)
+    np.testing.assert_array_equal(
+        saliency._count_at_or_above(values, thresholds), expected)
+
+
+def test_sparse_fixation_maps_are_checked():
+  class Sparse:
+    def __init__(self, shape, indices):
+      self.shape, self.indices = shape, np.asarray(indices)
+
+  s = np.array([[0.9, 0.5], [0.2, 0.1]])
+  assert saliency.auc_judd(s, Sparse((2, 2), [2, 0]), jitter=False) == (
+      pytest.approx(0.875))
+  assert np.isnan(saliency.auc_judd(s, Sparse((2, 2), [])))
+  with pytest.raises(ValueError, match='outside'):
+    saliency.auc_judd(s, Sparse((2, 2), [4]))
+  with pytest.raises(ValueError, match='2-D'):
+    saliency.auc_judd(s, Sparse((2, 2, 1), [0]))
+
+
+def test_working_shape_and_pooled_fixations():
+  assert saliency.working_shape((1080, 1920), 320) == (180, 320)
+  assert saliency.working_shape((1080, 1920), 480) == (270, 480)
+  assert saliency.working_shape((36, 64), 480) == (36, 64)
+  assert saliency.working_shape((1080, 1920), None) == (1080, 1920)
+  rng = np.random.default_rng(3)
+  fixations = rng.uniform(size=(90, 160)) > 0.995
+  pooled = saliency._Fixations.of(fixations).pooled(40)
+  assert pooled.shape == (22, 40)  # 22.5 rounds to even
+  dense = np.zeros(pooled.shape, bool)
+  dense.flat[pooled.indices] = True
+  # A cell is fixated iff one of its pixels is: cell row r * 22 // 90.
+  rows = np.arange(90) * 22 // 90
+  cols = np.arange(160) * 40 // 160
+  expected = np.zeros((22, 40), bool)
+  np.logical_or.at(expected, (rows[:, None], cols[None, :]), fixations)
+  np.testing.assert_array_equal(dense, expected)
+
+
+def _brute_force_protocol(tune, test, blur_grid, center_sigma_grid,
+                          center_weight_grid):
+  """The old protocol: every score from scratch at the fixation size."""
+  auc = saliency_speed.reference_auc_judd
+
+  def make(ponder, fixations, blur=None, center_weight=0.0,
+           center_sigma=0.25):
+    shape = np.shape(fixations)
+    if blur is None:
+      return saliency.center_baseline(shape[0], shape[1], center_sigma)
+    return saliency_speed.reference_ponder_saliency(
+        ponder, shape, blur, center_weight, center_sigma)
+
+  def mean(data, params):
+    scores = [auc(make(p, f, **params), f) for p, f, _ in data]
+    return scores, (-1.0 if np.all(np.isnan(scores))
+                    else float(np.nanmean(scores)))
+
+  center = max([dict(center_sigma=s) for s in center_sigma_grid],
+               key=lambda params: mean(tune, params)[1])
+  ponder = max([dict(blur=b) for b in blur_grid],
+               key=lambda params: mean(tune, params)[1])
+  mixed = max([dict(blur=b, center_weight=w,
+                    center_sigma=center['center_sigma'])
+               for b in blur_grid for w in center_weight_grid],
+              key=lambda params: mean(tune, params)[1])
+  return {name: (params, mean(test, params)[1]) for name, params in
+          (('center_baseline', center), ('ponder', ponder),
+           ('ponder_center', mixed))}
+
+
+def _protocol_data(rng, shape, cells, count):
+  data = []
+  for index in range(count):
+    fixations = np.zeros(shape)
+    row = rng.integers(shape[0] // 8, shape[0] // 2)
+    col = rng.integers(shape[1] // 2, shape[1] - shape[1] // 8)
+    fixations[row - 3:row + 3, col - 3:col + 3] = (
+        rng.uniform(size=(6, 6)) > 0.5)
+    fixations[rng.integers(shape[0]), rng.integers(shape[1])] = 1
+    ponder = rng.uniform(0, 1.0, cells)
+    ponder[row * cells[0] // shape[0], col * cells[1] // shape[1]] += 2.0
+    data.append((ponder, fixations, 'AB'[index % 2]))
+  return data
+
+
+def test_protocol_at_full_resolution_is_the_brute_force_protocol():
+  rng = np.random.default_rng(4)
+  tune = _protocol_data(rng, (36, 64), (9, 16), 6)
+  test = _protocol_data(rng, (36, 64), (9, 16), 6)
+  grids = dict(blur_grid=(0.0, 0.05, 0.1), center_sigma_grid=(0.2, 0.3),
+               center_weight_grid=(0.0, 0.3, 0.6))
+  results = saliency.evaluate_protocol(tune, test, map_resolution=None,
+                                       tune_resolution=None, **grids)
+  expected = _brute_force_protocol(tune, test, **grids)
+  for name, (params, auc) in expected.items():
+    assert results[name]['params'] == params
+    assert results[name]['auc'] == pytest.approx(auc, abs=1e-6)
+
+
+def test_protocol_reports_exact_scores_of_its_working_maps():
+  rng = np.random.default_rng(5)
+  tune = _protocol_data(rng, (108, 192), (12, 20), 6)
+  test = _protocol_data(rng, (108, 192), (12, 20), 6)
+  results = saliency.evaluate_protocol(
+      tune, test, blur_grid=(0.0, 0.05), center_sigma_grid=(0.2, 0.3),
+      center_weight_grid=(0.0, 0.5), map_resolution=64, tune_resolution=96)
+  assert results['ponder']['auc'] > results['center_baseline']['auc']
+  shape = saliency.working_shape((108, 192), 64)
+  assert shape == (36, 64)
+  for name, params in ((n, r['params']) for n, r in results.items()):
+    maps = [saliency.center_baseline(*shape, params['center_sigma'])
+            if name == 'center_baseline' else
+            saliency.ponder_saliency(p, shape, params['blur'],
+                                     params.get('center_weight', 0.0),
+                                     params.get('center_sigma', 0.25))
+            for p, _, _ in test]
+    # Exact AUC-Judd of these maps against the full 108x192 fixation maps.
+    expected = [saliency_speed.reference_auc_judd(m, f)
+                for m, (_, f, _) in zip(maps, test)]
+    assert results[name]['auc'] == pytest.approx(np.mean(expected),
+                                                 abs=1e-6)
+    for category in 'AB':
+      assert results[name]['per_category'][category] == pytest.approx(
+          np.mean([e for e, (_, _, c) in zip(expected, test)
+                   if c == category]), abs=1e-6)
