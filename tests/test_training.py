@@ -245,3 +245,68 @@ def test_mirrored_strategy_trains(tmp_path):
   assert result.step == 2
   assert np.isfinite(result.metrics['loss'])
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-2')
+
+
+def _accumulator(log_dir):
+  accumulator = event_accumulator.EventAccumulator(
+      log_dir, size_guidance={event_accumulator.TENSORS: 0})
+  accumulator.Reload()
+  return accumulator
+
+
+def _image_sizes(accumulator, tag):
+  """[(step, [width, height], number of images)] of an image summary."""
+  result = []
+  for event in accumulator.Tensors(tag):
+    value = tf.make_ndarray(event.tensor_proto)
+    result.append((event.step, [int(v) for v in value[:2]], len(value) - 2))
+  return result
+
+
+def test_ponder_summaries_in_the_train_and_eval_logs(sact_run):
+  config = sact_run
+  blocks = ['block_1', 'block_2', 'block_3']
+  train_log = _accumulator(os.path.join(config.model_dir, 'train'))
+  tags = set(train_log.Tags()['tensors'])
+  for tag in ['ponder_map/total', 'ponder_map/legend', 'flops_per_image'] + [
+      f'{kind}/{name}' for name in blocks
+      for kind in ('ponder_map', 'ponder_cost_per_position', 'ponder_cost',
+                   'num_units')]:
+    assert tag in tags, tag
+  # Summary steps (summary_every=2, 2 steps): four fixed test images at the
+  # evaluation size, [image | 4 px | overlay].
+  assert _image_sizes(train_log, 'ponder_map/total') == [(2, [68, 32], 4)]
+  assert _image_sizes(train_log, 'ponder_map/block_2') == [(2, [68, 32], 4)]
+  assert (train_log.SummaryMetadata('ponder_cost_per_position/block_1')
+          .plugin_data.plugin_name == 'histograms')
+
+  # At 24 px (a run directory of its own, eval_test_24px).
+  with tfds.testing.mock_data(num_examples=7):
+    train.evaluate(config, image_size=24)
+  eval_log = _accumulator(os.path.join(config.model_dir, 'eval_test_24px'))
+  # The first batch (eval_batch_size=3) and the legend.
+  assert _image_sizes(eval_log, 'ponder_map/total') == [(2, [52, 24], 3)]
+  assert _image_sizes(eval_log, 'ponder_map/block_3') == [(2, [52, 24], 3)]
+  assert len(_image_sizes(eval_log, 'ponder_map/legend')) == 1
+  # Histograms over every position of the 7 images: 24x24, 12x12, 6x6.
+  for name, positions in zip(blocks, [576, 144, 36]):
+    tag = f'ponder_cost_per_position/{name}'
+    assert eval_log.SummaryMetadata(tag).plugin_data.plugin_name == (
+        'histograms')
+    (event,) = eval_log.Tensors(tag)
+    buckets = tf.make_ndarray(event.tensor_proto)
+    assert buckets[:, 2].sum() == 7 * positions
+    assert buckets[0, 0] == 1.0 and buckets[-1, 1] == (
+        config.units[blocks.index(name)] + 1.0)
+
+
+def test_plain_resnet_writes_no_ponder_images(tmp_path):
+  config = _config(tmp_path, model_type='resnet', train_steps=1,
+                   summary_every=1)
+  train.train(config)
+  train.evaluate(config)
+  for run in ('train', 'eval_test_32px'):
+    tags = _accumulator(str(tmp_path / run)).Tags()['tensors']
+    assert tags, run
+    assert not [t for t in tags if t.startswith(
+        ('ponder_map', 'ponder_cost_per_position'))], (run, tags)

@@ -14,6 +14,12 @@ flops_ratio, ponder_cost_mean / _std (ACT/SACT), ponder_on_object_mean / _std
 (datasets with boxes, ACT/SACT), and blocks: a list of {name, num_units,
 units_mean, units_std, ponder_cost_mean, ponder_cost_std,
 ponder_on_object_mean}.
+
+For ACT/SACT models the TensorBoard run also holds the ponder-map images of
+the first batch (`PONDER_IMAGES` images; tags `ponder_map/total`,
+`ponder_map/<block>`, `ponder_map/legend`) and per-block histograms of the
+per-position ponder cost over the whole evaluation
+(`ponder_cost_per_position/<block>`, fixed bins, bounded memory).
 """
 
 import math
@@ -25,11 +31,18 @@ import numpy as np
 import tensorflow as tf
 
 from sact_tf import flops as flops_lib
+from sact_tf import summaries as summaries_lib
 from sact_tf.data import datasets
 from sact_tf.data import pipelines
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
 from sact_tf.train import metrics
+
+
+# Images of the first batch whose ponder maps evaluation writes.
+PONDER_IMAGES = 4
+# Keys every evaluation JSON holds (see `read_result`).
+RESULT_KEYS = ('flops_mean', 'top1', 'model', 'tau', 'image_size')
 
 
 def result_name(split, image_size):
@@ -50,7 +63,16 @@ def plain_flops(config, image_size):
   return flops_lib.cifar_resnet_flops(**kwargs)
 
 
+def units_per_image(outputs, block_name):
+  """A block's units used per image, float32 `[B]` (SACT: position mean)."""
+  units = tf.cast(outputs[f'{block_name}/num_units'], tf.float32)
+  if units.shape.rank > 1:
+    units = tf.reduce_mean(units, axis=[1, 2])
+  return units
+
+
 def _make_eval_step(model, config, has_bbox):
+  """A `tf.function`: batch -> (per-example values, per-block ponder maps)."""
   adaptive = config.model_type != 'resnet'
 
   @tf.function
@@ -68,13 +90,12 @@ def _make_eval_step(model, config, has_bbox):
         'flops': tf.cast(outputs['flops'], tf.float64),
     }
     inside_sum, total_sum = 0.0, 0.0
+    maps = {}
     for name in model.block_names:
-      units = tf.cast(outputs[f'{name}/num_units'], tf.float32)
-      if units.shape.rank > 1:
-        units = tf.reduce_mean(units, axis=[1, 2])
-      result[f'{name}/units'] = units
+      result[f'{name}/units'] = units_per_image(outputs, name)
       if adaptive:
         result[f'{name}/ponder_cost'] = outputs[f'{name}/ponder_cost']
+        maps[f'{name}/ponder_map'] = outputs[f'{name}/ponder_map']
         if has_bbox:
           inside, total = metrics.ponder_mass_in_box(
               outputs[f'{name}/ponder_map'], batch['bbox'])
@@ -87,7 +108,7 @@ def _make_eval_step(model, config, has_bbox):
       if has_bbox:
         result['ponder_on_object'] = metrics.ponder_on_object(
             inside_sum, total_sum, batch['bbox'])
-    return result
+    return result, maps
 
   return eval_step
 
@@ -139,7 +160,8 @@ def summarize(per_example, config, image_size, block_names, block_units):
   return summary
 
 
-def _write_summaries(log_dir, summary):
+def _write_summaries(log_dir, summary, ponder_images=None, histograms=None,
+                     block_names=(), units_per_block=()):
   writer = tf.summary.create_file_writer(log_dir)
   scalars = {k: v for k, v in summary.items()
              if k in ('top1', 'top5', 'loss', 'cross_entropy', 'flops_mean',
@@ -154,6 +176,13 @@ def _write_summaries(log_dir, summary):
     for key, value in scalars.items():
       if value is not None and math.isfinite(value):
         tf.summary.scalar(key, value)
+    if ponder_images is not None:
+      images, maps = ponder_images
+      summaries_lib.write_ponder_images(
+          images, maps, block_names, units_per_block, summary['step'],
+          max_outputs=PONDER_IMAGES)
+    if histograms is not None:
+      histograms.write(summary['step'])
   writer.flush()
   writer.close()
 
@@ -184,18 +213,31 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
   config_lib.check_same_model(config, saved, config.model_dir)
   model = checkpointing.build_model(config.model_kwargs(), image_size)
   checkpointing.restore_model(model, prefix)
-  step = int(tf.train.load_checkpoint(prefix).get_tensor(
-      'step/.ATTRIBUTES/VARIABLE_VALUE')) if _has_step(prefix) else 0
+  step = checkpoint_step(prefix)
   has_bbox = spec.bbox_key is not None
   dataset = pipelines.eval_dataset(builder, spec, config.preprocessing,
                                    image_size, config.eval_batch_size,
                                    num_examples=config.eval_examples or None)
   eval_step = _make_eval_step(model, config, has_bbox)
   collected = {}
+  adaptive = config.model_type != 'resnet'
+  histograms = (summaries_lib.PonderHistograms(
+      model.block_names, model.units_per_block) if write and adaptive
+                else None)
+  ponder_images = None
   started = time.time()
   for index, batch in enumerate(dataset):
-    for key, value in eval_step(batch).items():
+    values, maps = eval_step(batch)
+    for key, value in values.items():
       collected.setdefault(key, []).append(value.numpy())
+    if histograms is not None:
+      maps = {k: v.numpy() for k, v in maps.items()}
+      histograms.add(maps)
+      if ponder_images is None:
+        ponder_images = (
+            summaries_lib.display_images(batch['image'][:PONDER_IMAGES],
+                                         config.preprocessing),
+            {k: v[:PONDER_IMAGES] for k, v in maps.items()})
     if (index + 1) % 50 == 0:
       logging.info('Evaluated %d batches (%.0f s).', index + 1,
                    time.time() - started)
@@ -214,7 +256,9 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
     name = result_name(spec.eval_split, image_size)
     config_lib.write_json(os.path.join(config.model_dir, name + '.json'),
                           _nan_to_none(summary))
-    _write_summaries(os.path.join(config.model_dir, name), summary)
+    _write_summaries(os.path.join(config.model_dir, name), summary,
+                     ponder_images, histograms, model.block_names,
+                     model.units_per_block)
   return summary
 
 
@@ -229,9 +273,35 @@ def _nan_to_none(value):
   return value
 
 
-def _has_step(prefix):
-  return tf.train.load_checkpoint(prefix).has_tensor(
-      'step/.ATTRIBUTES/VARIABLE_VALUE')
+def checkpoint_step(prefix):
+  """The training step saved in a checkpoint (0 if it has none)."""
+  reader = tf.train.load_checkpoint(prefix)
+  key = 'step/.ATTRIBUTES/VARIABLE_VALUE'
+  return int(reader.get_tensor(key)) if reader.has_tensor(key) else 0
+
+
+def read_result(path):
+  """An evaluation JSON (`eval_<split>_<size>px.json`), checked.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: not JSON, or not an evaluation summary (names what lacks).
+  """
+  summary = config_lib.read_json(path)
+  missing = ([k for k in RESULT_KEYS if k not in summary]
+             if isinstance(summary, dict) else list(RESULT_KEYS))
+  if not missing:
+    model = summary['model']
+    missing = [f'model.{k}' for k in ('model_type', 'family', 'units')
+               if not isinstance(model, dict) or k not in model]
+  if missing:
+    raise ValueError(
+        f'{path} is not an evaluation JSON: it lacks {", ".join(missing)}. '
+        'Pass the eval_<split>_<size>px.json files that evaluation writes '
+        'in the model directory.')
+  if summary['flops_mean'] is None or summary['top1'] is None:
+    raise ValueError(f'{path} has no FLOPs or accuracy (null values).')
+  return summary
 
 
 def baseline_units(summary):

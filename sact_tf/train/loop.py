@@ -5,6 +5,12 @@ the end; a run started again with the same config resumes from the latest
 one (weights, optimizer state, step and data position). A non-finite loss or
 weight stops training before anything is saved, so the last checkpoint stays
 the last good one.
+
+TensorBoard (`<model_dir>/train`): the mean training metrics of each summary
+window and, for ACT/SACT models, the ponder maps of a fixed set of
+evaluation images (the first `PONDER_IMAGES` of the evaluation split at the
+first evaluation size) with their per-block ponder cost, units, FLOPs and
+per-position ponder cost histograms (`sact_tf.summaries`).
 """
 
 import collections
@@ -19,6 +25,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from sact_tf import summaries
 from sact_tf.data import datasets
 from sact_tf.data import pipelines
 from sact_tf.train import checkpointing
@@ -30,6 +37,10 @@ TrainResult = collections.namedtuple(
 
 _METRICS = ('loss', 'cross_entropy', 'ponder_loss', 'regularization',
             'ponder_cost', 'flops', 'accuracy')
+
+
+# Evaluation images whose ponder maps training summarises.
+PONDER_IMAGES = 4
 
 
 class TrainingDivergedError(RuntimeError):
@@ -140,6 +151,46 @@ def _make_train_step(model, optimizer, config, strategy):
   return train_step
 
 
+def _make_ponder_summaries(model, config, builder, spec):
+  """A function writing ponder-map summaries of fixed images at a step.
+
+  The images are the first `PONDER_IMAGES` of the evaluation split,
+  preprocessed as evaluation does at `config.eval_image_sizes[0]`, so that
+  the maps of successive summaries are comparable. The model runs in
+  inference mode in one `tf.function`, traced once. Returns None for a plain
+  ResNet or an empty evaluation split.
+  """
+  if config.model_type == 'resnet':
+    return None
+  dataset = pipelines.eval_dataset(
+      builder, spec, config.preprocessing, config.eval_image_sizes[0],
+      PONDER_IMAGES, num_examples=PONDER_IMAGES)
+  batch = next(iter(dataset), None)
+  if batch is None:
+    logging.warning('Split %s of %s is empty: no ponder-map summaries.',
+                    spec.eval_split, config.dataset)
+    return None
+  images = batch['image']
+  display = summaries.display_images(images, config.preprocessing)
+  keys = ('flops',) + tuple(
+      f'{name}/{key}' for name in model.block_names
+      for key in ('ponder_map', 'ponder_cost', 'num_units'))
+
+  @tf.function
+  def infer():
+    outputs = model(images, training=False)
+    return {k: outputs[k] for k in keys if k in outputs}
+
+  def write(step):
+    outputs = infer()
+    summaries.write_ponder_images(display, outputs, model.block_names,
+                                  model.units_per_block, step,
+                                  max_outputs=PONDER_IMAGES)
+    summaries.write_block_statistics(outputs, model.block_names, step)
+
+  return write
+
+
 def _check_resumable(config, chief):
   saved = config_lib.load(config.model_dir)
   config_lib.check_same_model(config, saved, config.model_dir)
@@ -206,6 +257,8 @@ def train(config, strategy=None):
   writer = (tf.summary.create_file_writer(
       os.path.join(config.model_dir, 'train')) if chief
             else tf.summary.create_noop_writer())
+  ponder_summaries = (_make_ponder_summaries(model, config, builder, spec)
+                      if chief else None)
 
   def save(current):
     if not _all_finite(model):
@@ -243,6 +296,8 @@ def train(config, strategy=None):
       with writer.as_default(step=current):
         for key, value in last_metrics.items():
           tf.summary.scalar(key, value)
+        if ponder_summaries:
+          ponder_summaries(current)
       logging.info(
           'step %d/%d: loss %.4f (cross-entropy %.4f, ponder cost %.3f), '
           'accuracy %.3f, %.3g FLOPs/image, lr %.3g, %.1f images/s', current,
