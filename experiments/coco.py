@@ -174,13 +174,7 @@ def main(argv):
   Under `app.run` the flags are parsed already; tests call `main` with a
   full command line. The results are printed and written to --model_dir.
   """
-  if any(arg.startswith('-') for arg in argv[1:]):
-    FLAGS.unparse_flags()
-    argv = FLAGS(argv)
-  elif not FLAGS.is_parsed():
-    FLAGS.mark_as_parsed()
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  common.parse(FLAGS, argv)
   try:
     config = flags_to_config(FLAGS)
   except ValueError as e:

@@ -51,11 +51,7 @@ DETECTOR = ['--dataset=clutter_digits_detection', '--min_size=192',
 
 
 def main(argv):
-  if any(arg.startswith('-') for arg in argv[1:]):
-    FLAGS.unparse_flags()
-    argv = FLAGS(argv)
-  elif not FLAGS.is_parsed():
-    FLAGS.mark_as_parsed()
+  common.parse(FLAGS, argv)
   if not FLAGS.work_dir:
     raise app.UsageError('--work_dir is required.')
   data = [f'--data_dir={FLAGS.data_dir}'] if FLAGS.data_dir else []
