@@ -27,14 +27,20 @@ from scipy import ndimage
 from sact_tf import saliency
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('images', 3, 'Synthetic images per timing.',
-                     lower_bound=1)
-flags.DEFINE_integer('runs', 3, 'Repeats per timing (median).', lower_bound=1)
-flags.DEFINE_integer('protocol_images', 10, 'Also time the whole '
-                     'evaluate_protocol on this many tuning and as many test '
-                     'images (0: skip).', lower_bound=0)
-flags.DEFINE_bool('reference', True, 'Also time the old implementation '
-                  '(about 2 s per full-resolution score).')
+
+
+def define_flags():
+  """Defines the flags; only when run, so that tests can import this module
+  beside other modules that define flags."""
+  flags.DEFINE_integer('images', 3, 'Synthetic images per timing.',
+                       lower_bound=1)
+  flags.DEFINE_integer('runs', 3, 'Repeats per timing (median).', lower_bound=1)
+  flags.DEFINE_integer('protocol_images', 10, 'Also time the whole '
+                       'evaluate_protocol on this many tuning and as many test '
+                       'images (0: skip).', lower_bound=0)
+  flags.DEFINE_bool('reference', True, 'Also time the old implementation '
+                    '(about 2 s per full-resolution score).')
+
 
 FIXATION_SHAPE = (1080, 1920)
 PONDER_CELLS = (23, 40)
@@ -270,4 +276,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -51,12 +51,18 @@ from sact_tf.layers import common
 from sact_tf.layers import units as units_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('sections', ['sact', 'act', 'train'],
-                  'Which tables to print: sact, act, train, break_even.')
-flags.DEFINE_integer('runs', 7, 'Timed runs per variant (median).',
-                     lower_bound=1)
-flags.DEFINE_integer('warmup', 2, 'Untimed calls per variant first.',
-                     lower_bound=1)
+
+
+def define_flags():
+  """Defines the flags; only when run, so that tests can import this module
+  beside other modules that define flags."""
+  flags.DEFINE_list('sections', ['sact', 'act', 'train'],
+                    'Which tables to print: sact, act, train, break_even.')
+  flags.DEFINE_integer('runs', 7, 'Timed runs per variant (median).',
+                       lower_bound=1)
+  flags.DEFINE_integer('warmup', 2, 'Untimed calls per variant first.',
+                       lower_bound=1)
+
 
 SACT_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 BREAK_EVEN_FRACTIONS = (0.6, 0.7, 0.8, 0.9)
@@ -366,4 +372,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

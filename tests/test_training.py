@@ -2,7 +2,9 @@ import json
 import os
 import pathlib
 import re
+import types
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from sact_tf import train
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
+from sact_tf.train import steps as steps_lib
 
 
 def _config(model_dir, **overrides):
@@ -310,3 +313,54 @@ def test_plain_resnet_writes_no_ponder_images(tmp_path):
     assert tags, run
     assert not [t for t in tags if t.startswith(
         ('ponder_map', 'ponder_cost_per_position'))], (run, tags)
+
+
+def test_shared_loop_windows_checkpoints_and_divergence(tmp_path):
+  # sact_tf.train.steps runs both classification and detection training.
+  model = keras.Sequential([keras.layers.Dense(1, name='dense')])
+  model.build((None, 2))
+  optimizer, step = steps_lib.make_optimizer(model, 0.1, 0.9)
+  config = types.SimpleNamespace(model_dir=str(tmp_path), train_steps=5,
+                                 summary_every=2, checkpoint_every=3,
+                                 keep_checkpoints=5)
+  manager, _, latest = steps_lib.restore_or_initialise(
+      model, optimizer, step, config, tf.distribute.get_strategy())
+  assert latest is None
+  seen = []
+  path, metrics = steps_lib.run(
+      lambda iterator: {'loss': next(iterator), 'dropped': 1.0},
+      iter([1.0, 3.0, 5.0, 7.0, 9.0]), 0, config, model=model,
+      optimizer=optimizer, step=step, manager=manager,
+      writer=tf.summary.create_noop_writer(),
+      window=steps_lib.MetricsWindow(['loss'], totals={'dropped': 2}),
+      examples_per_step=4, rate_key='rate',
+      on_summary=lambda current, values, window: seen.append(
+          (current, dict(values), window.steps)))
+  # Windows end every summary_every steps and at the last step.
+  assert [(c, m['loss'], m['dropped'], n) for c, m, n in seen] == [
+      (2, 2.0, 4.0, 2), (4, 6.0, 4.0, 2), (5, 9.0, 2.0, 1)]
+  assert metrics == seen[-1][1]
+  assert metrics['learning_rate'] == pytest.approx(0.1)
+  assert metrics['rate'] > 0
+  assert int(step.numpy()) == 5
+  assert [int(p.rsplit('-', 1)[1]) for p in manager.checkpoints] == [3, 5]
+  assert path == manager.latest_checkpoint
+  assert steps_lib.already_trained(5, config.train_steps)
+
+  def run_one(train_step, start):
+    steps_lib.run(train_step, None, start, config, model=model,
+                  optimizer=optimizer, step=step, manager=manager,
+                  writer=tf.summary.create_noop_writer(),
+                  window=steps_lib.MetricsWindow(['loss']),
+                  examples_per_step=1, rate_key='rate',
+                  on_summary=lambda *args: None)
+
+  config.train_steps = 7
+  with pytest.raises(steps_lib.TrainingDivergedError,
+                     match='loss is nan at step 6'):
+    run_one(lambda iterator: {'loss': float('nan')}, 5)
+  model.variables[0].assign(np.full([2, 1], np.inf, np.float32))
+  config.checkpoint_every = 1
+  with pytest.raises(steps_lib.TrainingDivergedError, match='by step 7'):
+    run_one(lambda iterator: {'loss': 1.0}, 6)
+  assert manager.latest_checkpoint.endswith('ckpt-5')

@@ -31,12 +31,21 @@ _SPLIT_SEEDS = {'train': 1, 'test': 2}
 _SOURCE_PERMUTATION_SEED = 0
 
 
-def _load_digits():
+# Ink above this alpha belongs to a digit's box.
+INK_THRESHOLD = 0.2
+
+
+def load_digits(dataset='clutter_digits'):
+  """scikit-learn's digits: (`[1797, 8, 8]` ink in [0, 1], int64 labels).
+
+  `dataset` names what is being built in the error raised without
+  scikit-learn.
+  """
   try:
     from sklearn import datasets  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError(
-        'clutter_digits is built from scikit-learn\'s bundled digits: '
+        f'{dataset} is built from scikit-learn\'s bundled digits: '
         'install it with `pip install scikit-learn`.') from e
   digits = datasets.load_digits()
   # Ink intensity in [0, 1] (the source pixels are 0..16).
@@ -81,15 +90,19 @@ def _resize_bilinear(patch, height, width):
   return top * (1 - wy) + bottom * wy
 
 
-def _random_colour(rng):
-  # Bright colours drawn the same way for digits and clutter, so that colour
-  # says nothing about the class and strokes stand out on the dark background.
+def random_colour(rng):
+  """A bright float32 RGB colour in [0.35, 1], one channel at 1.
+
+  Digits and clutter draw their colours alike, so that colour says nothing
+  about the class and strokes stand out on the dark background.
+  """
   colour = rng.uniform(0.35, 1.0, size=3)
   colour[rng.integers(3)] = 1.0
   return colour.astype(np.float32)
 
 
-def _paste(canvas, alpha, top, left, colour):
+def paste(canvas, alpha, top, left, colour):
+  """Blends `colour` into `canvas` (in place) with `alpha` at (top, left)."""
   h, w = alpha.shape
   region = canvas[top:top + h, left:left + w]
   a = alpha[..., None]
@@ -97,17 +110,32 @@ def _paste(canvas, alpha, top, left, colour):
   region += colour * a
 
 
+def ink_box(alpha):
+  """Tight `[ymin, xmin, ymax, xmax]` (pixels, end exclusive) of the ink."""
+  rows = np.nonzero(alpha.max(axis=1) > INK_THRESHOLD)[0]
+  cols = np.nonzero(alpha.max(axis=0) > INK_THRESHOLD)[0]
+  return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1])
+
+
+def cut_fragment(source, rng, fragment_size):
+  """A random piece of a square digit `source` to use as clutter.
+
+  Its sides are `fragment_size` (min, max) eighths of the source's; None
+  when the piece holds too little ink to show.
+  """
+  size = source.shape[0]
+  ph, pw = (rng.integers(fragment_size[0], fragment_size[1] + 1, size=2)
+            * size) // 8
+  fy = int(rng.integers(0, size - ph + 1))
+  fx = int(rng.integers(0, size - pw + 1))
+  piece = source[fy:fy + ph, fx:fx + pw]
+  return None if piece.max() < 0.3 else piece
+
+
 def _overlaps(box, top, left, h, w):
   ymin, xmin, ymax, xmax = box
   return not (top + h <= ymin or top >= ymax or left + w <= xmin or
               left >= xmax)
-
-
-def _ink_box(alpha, top, left):
-  rows = np.nonzero(alpha.max(axis=1) > 0.2)[0]
-  cols = np.nonzero(alpha.max(axis=0) > 0.2)[0]
-  return (top + rows[0], left + cols[0], top + rows[-1] + 1,
-          left + cols[-1] + 1)
 
 
 def render(digit, fragments_from, rng, canvas=CANVAS):
@@ -130,29 +158,26 @@ def render(digit, fragments_from, rng, canvas=CANVAS):
   size = digit.shape[0]
   top = int(rng.integers(0, canvas - size + 1))
   left = int(rng.integers(0, canvas - size + 1))
-  ink_box = _ink_box(digit, top, left)
+  box = ink_box(digit) + [top, left, top, left]
 
   # Clutter goes on first and never over the digit's box, so the digit stays
   # readable and its box exact.
   for _ in range(int(rng.integers(FRAGMENTS[0], FRAGMENTS[1] + 1))):
-    source = fragments_from[rng.integers(len(fragments_from))]
-    ph, pw = (rng.integers(FRAGMENT_SIZE[0], FRAGMENT_SIZE[1] + 1, size=2)
-              * size) // 8
-    fy = int(rng.integers(0, size - ph + 1))
-    fx = int(rng.integers(0, size - pw + 1))
-    piece = source[fy:fy + ph, fx:fx + pw]
-    if piece.max() < 0.3:
+    piece = cut_fragment(fragments_from[rng.integers(len(fragments_from))],
+                         rng, FRAGMENT_SIZE)
+    if piece is None:
       continue
+    ph, pw = piece.shape
     for _ in range(20):
       py = int(rng.integers(0, canvas - ph + 1))
       px = int(rng.integers(0, canvas - pw + 1))
-      if not _overlaps(ink_box, py, px, ph, pw):
-        _paste(image, piece, py, px, _random_colour(rng))
+      if not _overlaps(box, py, px, ph, pw):
+        paste(image, piece, py, px, random_colour(rng))
         break
-  _paste(image, digit, top, left, _random_colour(rng))
+  paste(image, digit, top, left, random_colour(rng))
 
   image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
-  bbox = np.asarray(ink_box, np.float32) / canvas
+  bbox = np.asarray(box, np.float32) / canvas
   return image, bbox
 
 
@@ -187,7 +212,7 @@ def generate(split, images=None, labels=None):
   digits; tests may pass fewer.
   """
   if images is None:
-    images, labels = _load_digits()
+    images, labels = load_digits()
   indices = source_indices(split)
   indices = indices[indices < len(images)]
   # Upscaling every source once per size keeps generation at a few seconds.

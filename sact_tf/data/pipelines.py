@@ -12,6 +12,7 @@ run resumed at step k therefore starts at exactly the example where it
 stopped, at the cost of reading (not decoding) the skipped part of one epoch.
 """
 
+import collections
 import functools
 
 from absl import logging
@@ -31,9 +32,19 @@ def _check_style(style):
                      f'are {STYLES}.')
 
 
-def _load(builder, split):
-  # Images stay encoded until preprocessing so that skipped examples are
-  # never decoded and JPEG crops decode only what they keep.
+# Shared with `sact_tf.detection.data`, whose datasets are read the same way.
+
+TrainShard = collections.namedtuple(
+    'TrainShard', ['examples', 'epoch_size', 'buffer', 'base_seed'])
+
+
+def load_encoded(builder, split):
+  """`split` of a prepared builder in its stored order, images encoded.
+
+  Images stay encoded until preprocessing so that skipped examples (and
+  those waiting in a shuffle buffer) are never decoded and JPEG crops decode
+  only what they keep.
+  """
   return builder.as_dataset(split=split, shuffle_files=False,
                             decoders={'image': tfds.decode.SkipDecoding()})
 
@@ -44,6 +55,47 @@ def _cardinality(dataset, split):
     return count
   logging.warning('The size of split %s is unknown: counting it.', split)
   return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
+def input_pipeline(input_context):
+  """(number of input pipelines, this one's id) of a
+  `tf.distribute.InputContext`, or (1, 0) for None."""
+  if input_context is None:
+    return 1, 0
+  return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def train_shard(builder, spec, seed, num_pipelines, pipeline_id):
+  """This input pipeline's share of `spec.train_split`, to shuffle by epoch.
+
+  Returns:
+    `TrainShard(examples, epoch_size, buffer, base_seed)`: the encoded
+    examples (an even split per pipeline), how many there are, the shuffle
+    buffer (`spec.shuffle_buffer` at most) and the pipeline's seed base
+    (epoch e shuffles with seed base_seed + e).
+
+  Raises:
+    ValueError: the share is empty.
+  """
+  split = spec.train_split
+  if num_pipelines > 1:
+    split = tfds.even_splits(split, n=num_pipelines)[pipeline_id]
+  examples = load_encoded(builder, split)
+  epoch_size = _cardinality(examples, split)
+  if epoch_size == 0:
+    raise ValueError(f'Split {split} of {spec.name} is empty.')
+  return TrainShard(
+      examples, epoch_size, min(spec.shuffle_buffer, epoch_size),
+      (seed * num_pipelines + pipeline_id) * _EPOCH_SEED_STRIDE)
+
+
+def eval_examples(builder, spec, num_examples=None):
+  """`spec.eval_split` encoded, in its stored order; the first
+  `num_examples` only when given."""
+  examples = load_encoded(builder, spec.eval_split)
+  if num_examples:
+    examples = examples.take(num_examples)
+  return examples
 
 
 def _labels(example, spec):
@@ -99,28 +151,20 @@ def train_dataset(builder, spec, style, image_size, global_batch_size,
     A dataset of per-replica batches.
   """
   _check_style(style)
-  num_pipelines = input_context.num_input_pipelines if input_context else 1
-  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  num_pipelines, pipeline_id = input_pipeline(input_context)
   if global_batch_size % num_pipelines:
     raise ValueError(f'The batch size {global_batch_size} must be divisible '
                      f'by the number of input pipelines {num_pipelines}.')
   batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
                 if input_context else global_batch_size)
-  split = spec.train_split
-  if num_pipelines > 1:
-    split = tfds.even_splits(split, n=num_pipelines)[pipeline_id]
-  examples = _load(builder, split)
-  epoch_size = _cardinality(examples, split)
-  if epoch_size == 0:
-    raise ValueError(f'Split {split} of {spec.name} is empty.')
+  examples, epoch_size, buffer, base_seed = train_shard(
+      builder, spec, seed, num_pipelines, pipeline_id)
   pipeline_batch = global_batch_size // num_pipelines
   position = start_step * pipeline_batch
   first_epoch, offset = divmod(position, epoch_size)
   end = (position + epoch_size if end_step is None
          else max(end_step, start_step + 1) * pipeline_batch)
   last_epoch = (end - 1) // epoch_size
-  buffer = min(spec.shuffle_buffer, epoch_size)
-  base_seed = (seed * num_pipelines + pipeline_id) * _EPOCH_SEED_STRIDE
   # One shuffle per epoch, each seeded by a Python int: a seed given as a
   # tensor (e.g. from Dataset.range(...).flat_map) breaks tf.data when a
   # global seed of 0 is set. Concatenation builds later epochs lazily.
@@ -151,10 +195,7 @@ def eval_dataset(builder, spec, style, image_size, batch_size,
   (None: all).
   """
   _check_style(style)
-  examples = _load(builder, spec.eval_split)
-  if num_examples:
-    examples = examples.take(num_examples)
-  examples = examples.map(
+  examples = eval_examples(builder, spec, num_examples).map(
       lambda ex: _eval_example(ex, spec, style, image_size),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)

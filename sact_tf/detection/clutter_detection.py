@@ -31,22 +31,14 @@ FRAGMENTS = (4, 8)
 # Source pixels per side of a clutter piece (of 8).
 FRAGMENT_SIZE = (3, 5)
 # Ink above this alpha belongs to the digit's box.
-INK_THRESHOLD = 0.2
+INK_THRESHOLD = clutter_digits.INK_THRESHOLD
 _SEEDS = {'train': 11, 'test': 12}
 _PLACEMENT_TRIES = 50
 
 
 def load_digits():
   """scikit-learn's digits: (`[1797, 8, 8]` ink in [0, 1], int64 labels)."""
-  try:
-    from sklearn import datasets  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(
-        'clutter_digits_detection is built from scikit-learn\'s bundled '
-        'digits: install it with `pip install scikit-learn`.') from e
-  digits = datasets.load_digits()
-  return (digits.images.astype(np.float32) / 16.0,
-          digits.target.astype(np.int64))
+  return clutter_digits.load_digits('clutter_digits_detection')
 
 
 def upscale(digit, size):
@@ -54,25 +46,7 @@ def upscale(digit, size):
   return np.clip(ndimage.zoom(digit, size / digit.shape[0], order=1), 0, 1)
 
 
-def ink_box(alpha):
-  """Tight `[ymin, xmin, ymax, xmax]` (pixels, end exclusive) of the ink."""
-  rows = np.nonzero(alpha.max(axis=1) > INK_THRESHOLD)[0]
-  cols = np.nonzero(alpha.max(axis=0) > INK_THRESHOLD)[0]
-  return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1])
-
-
-def _colour(rng):
-  # Digits and clutter draw colours alike: colour says nothing about class.
-  colour = rng.uniform(0.35, 1.0, size=3)
-  colour[rng.integers(3)] = 1.0
-  return colour.astype(np.float32)
-
-
-def _paste(canvas, alpha, top, left, colour):
-  h, w = alpha.shape
-  region = canvas[top:top + h, left:left + w]
-  region *= 1.0 - alpha[..., None]
-  region += colour * alpha[..., None]
+ink_box = clutter_digits.ink_box
 
 
 def _overlaps(box, boxes, margin=0):
@@ -114,22 +88,22 @@ def render(digits, sources, rng, canvas=CANVAS):
         break
   for _ in range(int(rng.integers(FRAGMENTS[0], FRAGMENTS[1] + 1))):
     size = int(rng.integers(DIGIT_SIZE[0], DIGIT_SIZE[1] + 1))
-    source = upscale(sources[rng.integers(len(sources))], size)
-    ph, pw = (rng.integers(FRAGMENT_SIZE[0], FRAGMENT_SIZE[1] + 1, size=2)
-              * size) // 8
-    fy = int(rng.integers(0, size - ph + 1))
-    fx = int(rng.integers(0, size - pw + 1))
-    piece = source[fy:fy + ph, fx:fx + pw]
-    if piece.max() < 0.3:
+    piece = clutter_digits.cut_fragment(
+        upscale(sources[rng.integers(len(sources))], size), rng,
+        FRAGMENT_SIZE)
+    if piece is None:
       continue
+    ph, pw = piece.shape
     for _ in range(_PLACEMENT_TRIES):
       top = int(rng.integers(0, canvas - ph + 1))
       left = int(rng.integers(0, canvas - pw + 1))
       if not _overlaps((top, left, top + ph, left + pw), boxes, margin=1):
-        _paste(image, piece, top, left, _colour(rng))
+        clutter_digits.paste(image, piece, top, left,
+                             clutter_digits.random_colour(rng))
         break
   for alpha, top, left in layers:
-    _paste(image, alpha, top, left, _colour(rng))
+    clutter_digits.paste(image, alpha, top, left,
+                         clutter_digits.random_colour(rng))
   image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
   return (image, np.asarray(placed, np.int64),
           np.asarray(boxes, np.float32).reshape(-1, 4))

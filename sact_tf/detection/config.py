@@ -9,7 +9,6 @@ the same model, and so that a resumed run can check it is the same one.
 """
 
 import dataclasses
-import os
 from typing import List, Optional, Tuple
 
 from sact_tf import architectures
@@ -19,13 +18,8 @@ from sact_tf import sparse as sparse_lib
 from sact_tf.detection import anchors as anchors_lib
 from sact_tf.train import config as train_config
 
-CONFIG_FILENAME = 'config.json'
+CONFIG_FILENAME = train_config.CONFIG_FILENAME
 MODES = ('train', 'eval', 'train_and_eval')
-
-
-def _positive_int(name, value):
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ValueError(f'{name} must be a positive int, got {value!r}.')
 
 
 def _fraction(name, value, low_open=True):
@@ -124,7 +118,7 @@ class ModelConfig:
                  'rpn_sample_size', 'num_proposals', 'pre_nms_top_k',
                  'classifier_sample_size', 'max_detections_per_class',
                  'max_detections'):
-      _positive_int(name, getattr(self, name))
+      train_config.check_positive_int(name, getattr(self, name))
     if self.crop_size < 2 or self.crop_size % 2:
       raise ValueError(f'crop_size must be an even int >= 2 (the crops are '
                        f'max-pooled 2x2), got {self.crop_size!r}.')
@@ -154,12 +148,7 @@ class ModelConfig:
 
 
 def _known(cls, values):
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - known)
-  if unknown:
-    raise ValueError(f'Unknown {cls.__name__} fields {unknown}: was it '
-                     'written by a newer sact_tf?')
-  return dict(values)
+  return train_config.known_fields(cls, values, cls.__name__)
 
 
 # Fields of ModelConfig that define the variables: a checkpoint only fits a
@@ -228,35 +217,23 @@ class DetectionConfig:
     """Raises ValueError naming the first bad field and how to fix it."""
     for name in ('min_size', 'max_size', 'checkpoint_every',
                  'keep_checkpoints', 'summary_every'):
-      _positive_int(name, getattr(self, name))
+      train_config.check_positive_int(name, getattr(self, name))
     if self.max_size < self.min_size:
       raise ValueError(f'max_size ({self.max_size}) must be >= min_size '
                        f'({self.min_size}).')
-    if self.train_steps < 0:
-      raise ValueError(f'train_steps must be >= 0, got {self.train_steps}.')
-    if self.eval_examples < 0:
-      raise ValueError(f'eval_examples must be >= 0 (0: all), got '
-                       f'{self.eval_examples}.')
+    train_config.check_steps(self)
     if self.summary_images < 0:
       raise ValueError(f'summary_images must be >= 0, got '
                        f'{self.summary_images}.')
-    if not self.learning_rate > 0:
-      raise ValueError(f'learning_rate must be > 0, got '
-                       f'{self.learning_rate}.')
-    if list(self.lr_boundaries) != sorted(set(self.lr_boundaries)) or any(
-        b <= 0 for b in self.lr_boundaries):
-      raise ValueError(f'lr_boundaries must be increasing positive steps, '
-                       f'got {self.lr_boundaries}.')
-    if not 0.0 <= self.momentum < 1.0:
-      raise ValueError(f'momentum must be in [0, 1), got {self.momentum}.')
+    train_config.check_learning_rate(self)
+    train_config.check_momentum(self)
     if self.clip_gradient_norm < 0:
       raise ValueError(f'clip_gradient_norm must be >= 0 (0: off), got '
                        f'{self.clip_gradient_norm}.')
 
   def learning_rates(self):
     """The rate of each piece of the step schedule."""
-    return [self.learning_rate * self.lr_decay**i
-            for i in range(len(self.lr_boundaries) + 1)]
+    return train_config.learning_rates(self)
 
   def to_dict(self):
     values = dataclasses.asdict(self)
@@ -272,30 +249,16 @@ class DetectionConfig:
 
 def save(config):
   """Writes `config` to `<model_dir>/config.json` atomically."""
-  train_config.write_json(os.path.join(config.model_dir, CONFIG_FILENAME),
-                          config.to_dict())
+  train_config.save(config)
 
 
 def load(model_dir):
   """The `DetectionConfig` saved in `model_dir`, or None if there is none."""
-  path = os.path.join(model_dir, CONFIG_FILENAME)
-  if not os.path.exists(path):
-    return None
-  return DetectionConfig.from_dict(train_config.read_json(path))
+  return train_config.load(model_dir, DetectionConfig)
 
 
 def check_same_model(config, saved, where):
   """Raises ValueError if `saved` has another network than `config`."""
-  if saved is None:
-    return
-  diffs = []
-  for name in MODEL_FIELDS:
-    old, new = getattr(saved.model, name), getattr(config.model, name)
-    if isinstance(old, (list, tuple)):
-      old, new = list(old), list(new)
-    if old != new:
-      diffs.append(f'{name}: {old!r} there, {new!r} now')
-  if diffs:
-    raise ValueError(
-        f'{where} holds a different detector ({"; ".join(diffs)}). Use the '
-        'same model flags, or a new --model_dir for a new model.')
+  if saved is not None:
+    train_config.check_same_fields(saved.model, config.model, MODEL_FIELDS,
+                                   where, what='detector')

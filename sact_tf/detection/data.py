@@ -20,18 +20,16 @@ Evaluation examples keep every annotation, for pycocotools: `image`,
 import dataclasses
 from typing import Tuple
 
-from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from sact_tf.data import datasets as classification_datasets
+from sact_tf.data import pipelines
 from sact_tf.detection import box_ops
 from sact_tf.detection import clutter_detection
 from sact_tf.detection import coco_eval
 
 DatasetNotReadyError = classification_datasets.DatasetNotReadyError
-# Spreads (seed, epoch) pairs over distinct shuffle seeds.
-_EPOCH_SEED_STRIDE = 1_000_003
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,13 +145,6 @@ def preprocess_image(image, min_size, max_size):
   return (image / 127.5 - 1.0)[tf.newaxis]
 
 
-def _load(builder, split):
-  # Images stay encoded through the shuffle buffer and the skipped part of a
-  # resumed epoch.
-  return builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={'image': tfds.decode.SkipDecoding()})
-
-
 def _decode(data):
   image = tf.io.decode_image(data, channels=3, expand_animations=False)
   image.set_shape([None, None, 3])
@@ -214,14 +205,6 @@ def eval_example(example, min_size, max_size):
   }
 
 
-def _cardinality(dataset, split):
-  count = int(dataset.cardinality())
-  if count >= 0:
-    return count
-  logging.warning('The size of split %s is unknown: counting it.', split)
-  return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
-
-
 def train_dataset(builder, spec, min_size, max_size, flip=True, start_step=0,
                   seed=0, input_context=None):
   """An endless stream of training examples, one image each.
@@ -240,18 +223,9 @@ def train_dataset(builder, spec, min_size, max_size, flip=True, start_step=0,
     seed: the run's data seed.
     input_context: a `tf.distribute.InputContext`, or None.
   """
-  num_pipelines = input_context.num_input_pipelines if input_context else 1
-  pipeline_id = input_context.input_pipeline_id if input_context else 0
-  split = spec.train_split
-  if num_pipelines > 1:
-    split = tfds.even_splits(split, n=num_pipelines)[pipeline_id]
-  examples = _load(builder, split)
-  epoch_size = _cardinality(examples, split)
-  if epoch_size == 0:
-    raise ValueError(f'Split {split} of {spec.name} is empty.')
+  examples, epoch_size, buffer, base_seed = pipelines.train_shard(
+      builder, spec, seed, *pipelines.input_pipeline(input_context))
   first_epoch, offset = divmod(start_step, epoch_size)
-  buffer = min(spec.shuffle_buffer, epoch_size)
-  base_seed = (seed * num_pipelines + pipeline_id) * _EPOCH_SEED_STRIDE
 
   def epoch(index):
     return examples.shuffle(buffer, seed=base_seed + index,
@@ -273,11 +247,8 @@ def eval_dataset(builder, spec, min_size, max_size, num_examples=None):
 
   `num_examples` keeps the first ones only (None: all).
   """
-  examples = _load(builder, spec.eval_split)
-  if num_examples:
-    examples = examples.take(num_examples)
-  examples = examples.map(lambda ex: eval_example(ex, min_size, max_size),
-                          num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=True)
+  examples = pipelines.eval_examples(builder, spec, num_examples).map(
+      lambda ex: eval_example(ex, min_size, max_size),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return examples.prefetch(tf.data.AUTOTUNE)
 

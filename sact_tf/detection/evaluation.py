@@ -37,6 +37,7 @@ from sact_tf.detection import model as model_lib
 from sact_tf.detection import training
 from sact_tf.train import checkpointing
 from sact_tf.train import config as train_config
+from sact_tf.train import evaluation as train_evaluation
 
 # Detections drawn in the TensorBoard images score at least this.
 DRAW_SCORE = 0.5
@@ -87,10 +88,8 @@ def detection_image(images, boxes, scores, ponder_map, max_value):
 
 
 def _mean_std(values):
-  values = np.asarray(values, np.float64)
-  if values.size == 0:
-    return float('nan'), float('nan')
-  return float(values.mean()), float(values.std())
+  # Unlike classification's, NaN values show (as a NaN mean).
+  return train_evaluation.mean_std(values, finite_only=False)
 
 
 def evaluate(config, checkpoint=None, write=True):
@@ -117,10 +116,7 @@ def evaluate(config, checkpoint=None, write=True):
                               config.model_dir)
   model = training.build_model(config.model)
   training.restore_model(model, prefix)
-  reader = tf.train.load_checkpoint(prefix)
-  step_key = 'step/.ATTRIBUTES/VARIABLE_VALUE'
-  step = int(reader.get_tensor(step_key)) if reader.has_tensor(
-      step_key) else 0
+  step = train_evaluation.checkpoint_step(prefix)
   first_block = model.feature_blocks[0].name
 
   @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3],
@@ -131,10 +127,8 @@ def evaluate(config, checkpoint=None, write=True):
                                   'detection_classes', 'num_detections',
                                   'flops')}
     for block in model.feature_blocks:
-      units = tf.cast(out[f'{block.name}/num_units'], tf.float32)
-      if units.shape.rank > 1:
-        units = tf.reduce_mean(units, axis=[1, 2])
-      result[f'{block.name}/units'] = units
+      result[f'{block.name}/units'] = train_evaluation.units_per_image(
+          out, block.name)
       if model.adaptive:
         result[f'{block.name}/ponder_cost'] = out[f'{block.name}/ponder_cost']
     if model.adaptive:
@@ -223,7 +217,7 @@ def evaluate(config, checkpoint=None, write=True):
   if write:
     name = result_name(spec.eval_split)
     train_config.write_json(os.path.join(config.model_dir, name + '.json'),
-                            _nan_to_none(summary))
+                            train_evaluation.nan_to_none(summary))
     train_config.write_json(
         os.path.join(config.model_dir, f'detections_{spec.eval_split}.json'),
         evaluator.detections())
@@ -252,17 +246,6 @@ def _write_summaries(log_dir, summary, images):
       tf.summary.image(f'detections_and_ponder_map/{index}', image)
   writer.flush()
   writer.close()
-
-
-def _nan_to_none(value):
-  # JSON has no NaN; null says "undefined" (e.g. no large objects).
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, dict):
-    return {k: _nan_to_none(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return [_nan_to_none(v) for v in value]
-  return value
 
 
 def _percent(value):

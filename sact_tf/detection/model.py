@@ -48,7 +48,8 @@ from sact_tf.models import resnet
 
 FEATURE_STRIDE = 16
 FEATURE_BLOCKS = 3
-_BLOCK_KEYS = ('ponder_cost', 'ponder_map', 'num_units', 'flops')
+# The feature extractor's outputs: per block and in total.
+_OUTPUT_KEYS = ('ponder_cost', 'ponder_map', 'num_units', 'flops')
 # Variable path prefixes (after the model's name) that come from the ImageNet
 # ResNet: the stem, blocks 1-4 and the final batch norm.
 BACKBONE_PREFIXES = ('conv1/', 'block1/', 'block2/', 'block3/', 'block4/',
@@ -205,23 +206,11 @@ class FasterRCNN(keras.Model):
     """
     images = tf.convert_to_tensor(images)
     _check_images(images)
-    # pylint: disable=protected-access
-    x, flops = self.backbone._stem(images)
-    outputs = {}
-    ponder_cost = 0.0
-    for block in self.feature_blocks:
-      block_out = block(x, training=training)
-      x = block_out['output']
-      flops += block_out['flops']
-      for key in _BLOCK_KEYS:
-        if key in block_out:
-          outputs[f'{block.name}/{key}'] = block_out[key]
-      if 'ponder_cost' in block_out:
-        ponder_cost += block_out['ponder_cost']
-    outputs['flops'] = flops
-    if self.adaptive:
-      outputs['ponder_cost'] = ponder_cost
-    return x, outputs
+    x, outputs = self.backbone.features(images, training=training,
+                                        num_blocks=FEATURE_BLOCKS)
+    # The halting distributions stay inside: nothing downstream uses them.
+    return x, {k: v for k, v in outputs.items()
+               if k.rsplit('/', 1)[-1] in _OUTPUT_KEYS}
 
   def rpn(self, features, training=False):
     """(objectness logits `[B, N]`, box codes `[B, N, 4]`), N = h * w * A

@@ -9,7 +9,6 @@ and the final batch norm are copied, the detection heads start fresh.
 """
 
 import collections
-import math
 import os
 import re
 import shutil
@@ -24,10 +23,10 @@ from sact_tf.detection import data
 from sact_tf.detection import model as model_lib
 from sact_tf.train import checkpointing
 from sact_tf.train import distribution
-from sact_tf.train.loop import TrainingDivergedError
+from sact_tf.train import steps
 
-TrainResult = collections.namedtuple(
-    'TrainResult', ['step', 'checkpoint', 'metrics', 'seconds'])
+TrainingDivergedError = steps.TrainingDivergedError
+TrainResult = steps.TrainResult
 InitSummary = collections.namedtuple('InitSummary',
                                      ['copied', 'kept', 'checkpoint'])
 
@@ -149,18 +148,11 @@ def init_from_imagenet(model, path):
     else:
       pairs.append((variable, key))
   if missing or wrong_shape:
-    lines = [f'Cannot initialise the detector ({model.config.model_type}, '
-             f'units {model.config.units}, base_channels '
-             f'{model.config.base_channels}) from {prefix}:']
-    if missing:
-      lines.append(f'{len(missing)} weight(s) not in the checkpoint: '
-                   + ', '.join(missing[:10])
-                   + (' ...' if len(missing) > 10 else ''))
-    if wrong_shape:
-      lines.append(f'{len(wrong_shape)} with another shape: '
-                   + '; '.join(wrong_shape[:10]))
-    lines.append('Use the --model and --base_channels of the ImageNet run.')
-    raise ValueError('\n'.join(lines))
+    raise checkpointing.mismatch_error(
+        f'Cannot initialise the detector ({model.config.model_type}, units '
+        f'{model.config.units}, base_channels {model.config.base_channels}) '
+        f'from {prefix}:', missing, wrong_shape, noun='weight',
+        hint='Use the --model and --base_channels of the ImageNet run.')
   for variable, key in pairs:
     variable.assign(reader.get_tensor(key))
   logging.info('Initialised %d weights of the detector from %s (%d halting '
@@ -174,11 +166,6 @@ def _schedule(config):
     return config.learning_rate
   return keras.optimizers.schedules.PiecewiseConstantDecay(
       list(config.lr_boundaries), config.learning_rates())
-
-
-def _all_finite(model):
-  return all(bool(tf.reduce_all(tf.math.is_finite(v.value)))
-             for v in model.trainable_variables)
 
 
 def _make_train_step(model, optimizer, config, strategy, step):
@@ -203,13 +190,8 @@ def _make_train_step(model, optimizer, config, strategy, step):
     values['dropped_boxes'] = tf.cast(example['dropped_boxes'], tf.float32)
     return values
 
-  @tf.function
-  def train_step(iterator):
-    per_replica = strategy.run(step_fn, args=(next(iterator),))
-    return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-            for k, v in per_replica.items()}
-
-  return train_step
+  return steps.distributed_step(step_fn, strategy,
+                                tf.distribute.ReduceOp.MEAN)
 
 
 def check_dataset(config, spec):
@@ -251,25 +233,15 @@ def train(config, strategy=None):
 
   with strategy.scope():
     model = build_model(config.model)
-    optimizer = keras.optimizers.SGD(learning_rate=_schedule(config),
-                                     momentum=config.momentum)
-    optimizer.build(model.trainable_variables)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
-  checkpoint = checkpointing.make_checkpoint(model, optimizer, step)
-  save_dir = distribution.write_dir(config.model_dir, strategy)
-  manager = tf.train.CheckpointManager(
-      checkpoint, save_dir, max_to_keep=config.keep_checkpoints,
-      checkpoint_name='ckpt')
-  latest = tf.train.latest_checkpoint(config.model_dir)
-  if latest:
-    checkpoint.restore(latest).assert_existing_objects_matched()
-    logging.info('Resuming from %s (step %d).', latest, int(step.numpy()))
-  elif config.finetune_from:
-    init_from_imagenet(model, config.finetune_from)
+    optimizer, step = steps.make_optimizer(model, _schedule(config),
+                                           config.momentum)
+  initialise = None
+  if config.finetune_from:
+    initialise = lambda: init_from_imagenet(model, config.finetune_from)
+  manager, save_dir, latest = steps.restore_or_initialise(
+      model, optimizer, step, config, strategy, initialise)
   start = int(step.numpy())
-  if start >= config.train_steps:
-    logging.info('Already trained for %d steps (train_steps=%d): nothing to '
-                 'do.', start, config.train_steps)
+  if steps.already_trained(start, config.train_steps):
     return TrainResult(start, latest, {}, time.time() - started)
 
   replicas = strategy.num_replicas_in_sync
@@ -279,69 +251,37 @@ def train(config, strategy=None):
           start_step=start, seed=config.seed, input_context=context))
   iterator = iter(dataset)
   train_step = _make_train_step(model, optimizer, config, strategy, step)
-  writer = (tf.summary.create_file_writer(
-      os.path.join(config.model_dir, 'train')) if chief
-            else tf.summary.create_noop_writer())
+  writer = steps.summary_writer(config, chief)
 
-  def save(current):
-    if not _all_finite(model):
-      raise TrainingDivergedError(
-          f'The weights became NaN or infinite by step {current}; not saving '
-          f'them. The last good checkpoint is {manager.latest_checkpoint}. '
-          'Lower --learning_rate and start again from it.')
-    path = manager.save(checkpoint_number=current)
+  def after_save():
     if not chief:
       shutil.rmtree(save_dir, ignore_errors=True)
-    return path
+
+  def on_summary(current, metrics, window):
+    logging.info(
+        'step %d/%d: loss %.4f (RPN %.4f + %.4f, boxes %.4f + %.4f, ponder '
+        'cost %.3f), %.3g feature FLOPs/image, lr %.3g, %.2f images/s',
+        current, config.train_steps, metrics['loss'],
+        metrics['rpn_objectness'], metrics['rpn_localization'],
+        metrics['box_classification'], metrics['box_localization'],
+        metrics['ponder_cost'], metrics['flops'], metrics['learning_rate'],
+        metrics['images_per_second'])
+    if window.sums['dropped_boxes']:
+      logging.warning('Dropped %d degenerate (zero-area) ground-truth '
+                      'boxes in the last %d images.',
+                      int(window.sums['dropped_boxes']),
+                      window.steps * replicas)
 
   logging.info('Training a %s Faster R-CNN (units %s, base channels %d) on '
                '%s from step %d to %d.', config.model.model_type,
                config.model.units, config.model.base_channels, config.dataset,
                start, config.train_steps)
-  window = collections.defaultdict(float)
-  window_steps, window_start = 0, time.time()
-  last_path, last_metrics = latest, {}
-  for current in range(start + 1, config.train_steps + 1):
-    values = train_step(iterator)
-    step.assign_add(1)
-    loss = float(values['loss'])
-    if not math.isfinite(loss):
-      raise TrainingDivergedError(
-          f'The loss is {loss} at step {current}; stopping. The last good '
-          f'checkpoint is {manager.latest_checkpoint}. Lower --learning_rate '
-          'and start again from it.')
-    for key in _METRICS:
-      window[key] += float(values[key])
-    window['dropped_boxes'] += float(values['dropped_boxes']) * replicas
-    window_steps += 1
-    if current % config.summary_every == 0 or current == config.train_steps:
-      elapsed = time.time() - window_start
-      last_metrics = {k: window[k] / window_steps for k in _METRICS}
-      last_metrics['dropped_boxes'] = window['dropped_boxes']
-      last_metrics['learning_rate'] = float(
-          keras.ops.convert_to_numpy(optimizer.learning_rate))
-      last_metrics['images_per_second'] = (window_steps * replicas
-                                           / max(elapsed, 1e-9))
-      with writer.as_default(step=current):
-        for key, value in last_metrics.items():
-          tf.summary.scalar(key, value)
-      logging.info(
-          'step %d/%d: loss %.4f (RPN %.4f + %.4f, boxes %.4f + %.4f, ponder '
-          'cost %.3f), %.3g feature FLOPs/image, lr %.3g, %.2f images/s',
-          current, config.train_steps, last_metrics['loss'],
-          last_metrics['rpn_objectness'], last_metrics['rpn_localization'],
-          last_metrics['box_classification'],
-          last_metrics['box_localization'], last_metrics['ponder_cost'],
-          last_metrics['flops'], last_metrics['learning_rate'],
-          last_metrics['images_per_second'])
-      if window['dropped_boxes']:
-        logging.warning('Dropped %d degenerate (zero-area) ground-truth '
-                        'boxes in the last %d images.',
-                        int(window['dropped_boxes']), window_steps * replicas)
-      window.clear()
-      window_steps, window_start = 0, time.time()
-    if current % config.checkpoint_every == 0 or current == config.train_steps:
-      last_path = save(current)
-  writer.flush()
+  last_path, last_metrics = steps.run(
+      train_step, iterator, start, config, model=model, optimizer=optimizer,
+      step=step, manager=manager, writer=writer,
+      window=steps.MetricsWindow(_METRICS,
+                                 totals={'dropped_boxes': replicas}),
+      examples_per_step=replicas, rate_key='images_per_second',
+      on_summary=on_summary, latest=latest, after_save=after_save)
   return TrainResult(config.train_steps, last_path, last_metrics,
                      time.time() - started)

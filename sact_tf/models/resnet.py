@@ -187,13 +187,28 @@ class ResNet(keras.Model):
     flops = flops_lib.conv_flops(1, 1, int(x.shape[-1]), self.num_classes)
     return self.logits_conv(x)[:, 0, 0, :], flops
 
-  def call(self, images, training=None):
+  def features(self, images, training=None, num_blocks=None):
+    """The stem and the first `num_blocks` blocks (default: all of them).
+
+    `call` adds the classifier; `sact_tf.detection` takes blocks 1-3 as its
+    feature extractor.
+
+    Args:
+      images: float `[B, H, W, 3]`.
+      training: the Keras training flag.
+      num_blocks: how many blocks to run (None: all).
+
+    Returns:
+      (x, outputs): the last block's output and a dict with `flops` int64
+      `[B]` (the stem's and the blocks'), `ponder_cost` `[B]` summed over
+      the blocks (ACT/SACT only) and each block's `blockK/...` outputs.
+    """
     images = tf.convert_to_tensor(images)
     self._validate_images(images)
     x, flops = self._stem(images)
     outputs = {}
     ponder_cost = 0.0
-    for block in self.blocks:
+    for block in self.blocks[:num_blocks]:
       block_out = block(x, training=training)
       x = block_out['output']
       flops += block_out['flops']
@@ -202,11 +217,20 @@ class ResNet(keras.Model):
           outputs[f'{block.name}/{key}'] = block_out[key]
       if 'ponder_cost' in block_out:
         ponder_cost += block_out['ponder_cost']
-    logits, head_flops = self._head(x, training)
-    outputs['logits'] = logits
-    outputs['flops'] = flops + head_flops
+    outputs['flops'] = flops
     if self.model_type != 'resnet':
       outputs['ponder_cost'] = ponder_cost
+    return x, outputs
+
+  def call(self, images, training=None):
+    x, features = self.features(images, training=training)
+    logits, head_flops = self._head(x, training)
+    outputs = {k: v for k, v in features.items()
+               if k not in ('flops', 'ponder_cost')}
+    outputs['logits'] = logits
+    outputs['flops'] = features['flops'] + head_flops
+    if 'ponder_cost' in features:
+      outputs['ponder_cost'] = features['ponder_cost']
     return outputs
 
   def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,

@@ -116,6 +116,33 @@ def is_classifier_variable(path):
   return '/logits/' in path
 
 
+def mismatch_error(header, missing, wrong_shape, noun='variable', hint=None):
+  """The ValueError of an initialisation the checkpoint does not fit.
+
+  Args:
+    header: the first line (what could not be initialised from where).
+    missing: names of the weights the checkpoint lacks.
+    wrong_shape: '<name>: checkpoint <shape>, ... <shape>' of the weights it
+      holds with another shape.
+    noun: what the weights are called ('variable', 'weight').
+    hint: a last line saying what to do, or None.
+
+  Returns:
+    A `ValueError` listing the first 10 of each kind.
+  """
+  lines = [header]
+  if missing:
+    lines.append(f'{len(missing)} {noun}(s) not in the checkpoint: '
+                 + ', '.join(missing[:10])
+                 + (' ...' if len(missing) > 10 else ''))
+  if wrong_shape:
+    lines.append(f'{len(wrong_shape)} with another shape: '
+                 + '; '.join(wrong_shape[:10]))
+  if hint:
+    lines.append(hint)
+  return ValueError('\n'.join(lines))
+
+
 def build_model(model_kwargs, image_size=32):
   """A ResNet built (variables created) by one call on zeros."""
   model = resnet.ResNet(**model_kwargs)
@@ -171,17 +198,10 @@ def init_from_checkpoint(model, path, source_fields, mode):
     else:
       pairs.append((variable, other))
   if missing or wrong_shape:
-    lines = [f'Cannot initialise {model.name} ({model.model_type}, units '
-             f'{model.units_per_block}) from {prefix} ({kwargs["model_type"]}, '
-             f'units {kwargs["units"]}) in {mode} mode:']
-    if missing:
-      lines.append(f'{len(missing)} variable(s) not in the checkpoint: '
-                   + ', '.join(missing[:10])
-                   + (' ...' if len(missing) > 10 else ''))
-    if wrong_shape:
-      lines.append(f'{len(wrong_shape)} with another shape: '
-                   + '; '.join(wrong_shape[:10]))
-    raise ValueError('\n'.join(lines))
+    raise mismatch_error(
+        f'Cannot initialise {model.name} ({model.model_type}, units '
+        f'{model.units_per_block}) from {prefix} ({kwargs["model_type"]}, '
+        f'units {kwargs["units"]}) in {mode} mode:', missing, wrong_shape)
   for variable, other in pairs:
     variable.assign(other.value)
   logging.info('Initialised %d variables of %s from %s (%s mode, %d halting '

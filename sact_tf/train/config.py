@@ -122,28 +122,17 @@ class ExperimentConfig:
     for name in ('num_classes', 'base_channels', 'image_size', 'batch_size',
                  'eval_batch_size', 'checkpoint_every', 'keep_checkpoints',
                  'summary_every'):
-      _check_positive(name, getattr(self, name))
+      check_positive_int(name, getattr(self, name))
     if not self.eval_image_sizes:
       raise ValueError('eval_image_sizes must list at least one size.')
     for size in self.eval_image_sizes:
-      _check_positive('eval_image_sizes', size)
-    if self.train_steps < 0:
-      raise ValueError(f'train_steps must be >= 0, got {self.train_steps}.')
-    if self.eval_examples < 0:
-      raise ValueError(f'eval_examples must be >= 0 (0: all), got '
-                       f'{self.eval_examples}.')
-    if not self.learning_rate > 0:
-      raise ValueError(f'learning_rate must be > 0, got '
-                       f'{self.learning_rate}.')
-    if list(self.lr_boundaries) != sorted(set(self.lr_boundaries)) or any(
-        b <= 0 for b in self.lr_boundaries):
-      raise ValueError(f'lr_boundaries must be increasing positive steps, '
-                       f'got {self.lr_boundaries}.')
+      check_positive_int('eval_image_sizes', size)
+    check_steps(self)
+    check_learning_rate(self)
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f'label_smoothing must be in [0, 1), got '
                        f'{self.label_smoothing}.')
-    if not 0.0 <= self.momentum < 1.0:
-      raise ValueError(f'momentum must be in [0, 1), got {self.momentum}.')
+    check_momentum(self)
     if (self.init_mode is None) != (self.init_checkpoint is None):
       raise ValueError('init_checkpoint and init_mode go together: give both '
                        'or neither.')
@@ -164,25 +153,67 @@ class ExperimentConfig:
 
   def learning_rates(self):
     """The rate of each piece of the step schedule (boundaries + 1 values)."""
-    return [self.learning_rate * self.lr_decay**i
-            for i in range(len(self.lr_boundaries) + 1)]
+    return learning_rates(self)
 
   def to_dict(self):
     return dataclasses.asdict(self)
 
   @classmethod
   def from_dict(cls, values):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f'Unknown config fields {unknown}: was it written by a '
-                       'newer sact_tf?')
-    return cls(**values)
+    return cls(**known_fields(cls, values))
 
 
-def _check_positive(name, value):
+# Checks shared with `sact_tf.detection.config`: each raises ValueError
+# naming the field and what it must be.
+
+
+def known_fields(cls, values, what='config'):
+  """A copy of the dict `values`, checked to hold only fields of the
+  dataclass `cls` (`what` names it in the error)."""
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f'Unknown {what} fields {unknown}: was it written by a '
+                     'newer sact_tf?')
+  return dict(values)
+
+
+def check_positive_int(name, value):
   if not isinstance(value, int) or isinstance(value, bool) or value < 1:
     raise ValueError(f'{name} must be a positive int, got {value!r}.')
+
+
+def check_steps(config):
+  """`config.train_steps` and `config.eval_examples` (0: all) are >= 0."""
+  if config.train_steps < 0:
+    raise ValueError(f'train_steps must be >= 0, got {config.train_steps}.')
+  if config.eval_examples < 0:
+    raise ValueError(f'eval_examples must be >= 0 (0: all), got '
+                     f'{config.eval_examples}.')
+
+
+def check_learning_rate(config):
+  """`config.learning_rate` > 0; `config.lr_boundaries` increase, > 0."""
+  if not config.learning_rate > 0:
+    raise ValueError(f'learning_rate must be > 0, got '
+                     f'{config.learning_rate}.')
+  if list(config.lr_boundaries) != sorted(set(config.lr_boundaries)) or any(
+      b <= 0 for b in config.lr_boundaries):
+    raise ValueError(f'lr_boundaries must be increasing positive steps, '
+                     f'got {config.lr_boundaries}.')
+
+
+def check_momentum(config):
+  """`config.momentum` is in [0, 1)."""
+  if not 0.0 <= config.momentum < 1.0:
+    raise ValueError(f'momentum must be in [0, 1), got {config.momentum}.')
+
+
+def learning_rates(config):
+  """The rate of each piece of `config`'s step schedule: learning_rate,
+  multiplied by lr_decay at each of the lr_boundaries."""
+  return [config.learning_rate * config.lr_decay**i
+          for i in range(len(config.lr_boundaries) + 1)]
 
 
 def write_json(path, value):
@@ -211,22 +242,35 @@ def save(config):
              config.to_dict())
 
 
-def load(model_dir):
-  """The `ExperimentConfig` saved in `model_dir`, or None if there is none."""
+def load(model_dir, config_class=ExperimentConfig):
+  """The config saved in `model_dir` (an instance of `config_class`, e.g.
+  `sact_tf.detection.config.DetectionConfig`), or None if there is none."""
   path = os.path.join(model_dir, CONFIG_FILENAME)
   if not os.path.exists(path):
     return None
-  return ExperimentConfig.from_dict(read_json(path))
+  return config_class.from_dict(read_json(path))
+
+
+def check_same_fields(saved, current, names, where, what='model'):
+  """Raises ValueError if `saved` and `current` differ in fields `names`.
+
+  Lists and tuples compare as lists. The message lists every difference
+  and says that `where` holds a different `what`.
+  """
+  diffs = []
+  for name in names:
+    old, new = getattr(saved, name), getattr(current, name)
+    if isinstance(old, (list, tuple)):
+      old, new = list(old), list(new)
+    if old != new:
+      diffs.append(f'{name}: {old!r} there, {new!r} now')
+  if diffs:
+    raise ValueError(
+        f'{where} holds a different {what} ({"; ".join(diffs)}). Use the '
+        'same model flags, or a new --model_dir for a new model.')
 
 
 def check_same_model(config, saved, where):
   """Raises ValueError if `saved` describes another network than `config`."""
-  if saved is None:
-    return
-  diffs = [f'{name}: {getattr(saved, name)!r} there, {getattr(config, name)!r} '
-           'now' for name in MODEL_FIELDS
-           if getattr(saved, name) != getattr(config, name)]
-  if diffs:
-    raise ValueError(
-        f'{where} holds a different model ({"; ".join(diffs)}). Use the same '
-        'model flags, or a new --model_dir for a new model.')
+  if saved is not None:
+    check_same_fields(saved, config, MODEL_FIELDS, where)

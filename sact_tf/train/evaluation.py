@@ -113,9 +113,14 @@ def _make_eval_step(model, config, has_bbox):
   return eval_step
 
 
-def _mean_std(values):
+def mean_std(values, finite_only=True):
+  """(mean, std) of `values` as Python floats, (nan, nan) if there are none.
+
+  `finite_only` leaves out NaN and infinite values first.
+  """
   values = np.asarray(values, np.float64)
-  values = values[np.isfinite(values)]
+  if finite_only:
+    values = values[np.isfinite(values)]
   if values.size == 0:
     return float('nan'), float('nan')
   return float(values.mean()), float(values.std())
@@ -130,30 +135,30 @@ def summarize(per_example, config, image_size, block_names, block_units):
       'top5': float(np.mean(per_example['top5'])),
       'cross_entropy': float(np.mean(per_example['cross_entropy'])),
   }
-  summary['flops_mean'], summary['flops_std'] = _mean_std(
+  summary['flops_mean'], summary['flops_std'] = mean_std(
       per_example['flops'])
   summary['flops_no_halting'] = plain_flops(config, image_size)
   summary['flops_ratio'] = summary['flops_mean'] / summary['flops_no_halting']
   loss = summary['cross_entropy']
   if adaptive:
-    summary['ponder_cost_mean'], summary['ponder_cost_std'] = _mean_std(
+    summary['ponder_cost_mean'], summary['ponder_cost_std'] = mean_std(
         per_example['ponder_cost'])
     loss += config.tau * summary['ponder_cost_mean']
     if 'ponder_on_object' in per_example:
       (summary['ponder_on_object_mean'],
-       summary['ponder_on_object_std']) = _mean_std(
+       summary['ponder_on_object_std']) = mean_std(
            per_example['ponder_on_object'])
   summary['loss'] = loss
   blocks = []
   for name, num_units in zip(block_names, block_units):
     block = {'name': name, 'num_units': int(num_units)}
-    block['units_mean'], block['units_std'] = _mean_std(
+    block['units_mean'], block['units_std'] = mean_std(
         per_example[f'{name}/units'])
     if adaptive:
-      block['ponder_cost_mean'], block['ponder_cost_std'] = _mean_std(
+      block['ponder_cost_mean'], block['ponder_cost_std'] = mean_std(
           per_example[f'{name}/ponder_cost'])
       if f'{name}/ponder_on_object' in per_example:
-        block['ponder_on_object_mean'], _ = _mean_std(
+        block['ponder_on_object_mean'], _ = mean_std(
             per_example[f'{name}/ponder_on_object'])
     blocks.append(block)
   summary['blocks'] = blocks
@@ -255,21 +260,24 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
   if write:
     name = result_name(spec.eval_split, image_size)
     config_lib.write_json(os.path.join(config.model_dir, name + '.json'),
-                          _nan_to_none(summary))
+                          nan_to_none(summary))
     _write_summaries(os.path.join(config.model_dir, name), summary,
                      ponder_images, histograms, model.block_names,
                      model.units_per_block)
   return summary
 
 
-def _nan_to_none(value):
-  # JSON has no NaN; null says "undefined" (e.g. no valid box) portably.
+def nan_to_none(value):
+  """`value` with every NaN or infinite float (in dicts and lists) None.
+
+  JSON has no NaN; null says "undefined" (e.g. no valid box) portably.
+  """
   if isinstance(value, float) and not math.isfinite(value):
     return None
   if isinstance(value, dict):
-    return {k: _nan_to_none(v) for k, v in value.items()}
+    return {k: nan_to_none(v) for k, v in value.items()}
   if isinstance(value, list):
-    return [_nan_to_none(v) for v in value]
+    return [nan_to_none(v) for v in value]
   return value
 
 

@@ -13,9 +13,7 @@ first evaluation size) with their per-block ponder cost, units, FLOPs and
 per-position ponder cost histograms (`sact_tf.summaries`).
 """
 
-import collections
 import contextlib
-import math
 import os
 import random
 import shutil
@@ -31,9 +29,10 @@ from sact_tf.data import pipelines
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
 from sact_tf.train import distribution
+from sact_tf.train import steps
 
-TrainResult = collections.namedtuple(
-    'TrainResult', ['step', 'checkpoint', 'metrics', 'seconds'])
+TrainResult = steps.TrainResult
+TrainingDivergedError = steps.TrainingDivergedError
 
 _METRICS = ('loss', 'cross_entropy', 'ponder_loss', 'regularization',
             'ponder_cost', 'flops', 'accuracy')
@@ -41,10 +40,6 @@ _METRICS = ('loss', 'cross_entropy', 'ponder_loss', 'regularization',
 
 # Evaluation images whose ponder maps training summarises.
 PONDER_IMAGES = 4
-
-
-class TrainingDivergedError(RuntimeError):
-  """The loss or the weights became NaN or infinite."""
 
 
 def build_model(config, image_size=None):
@@ -99,11 +94,6 @@ def _schedule(config):
   return StepSchedule(config.lr_boundaries, config.learning_rates())
 
 
-def _all_finite(model):
-  return all(bool(tf.reduce_all(tf.math.is_finite(v.value)))
-             for v in model.trainable_variables)
-
-
 def _make_train_step(model, optimizer, config, strategy):
   global_batch = config.batch_size
   adaptive = config.model_type != 'resnet'
@@ -142,13 +132,7 @@ def _make_train_step(model, optimizer, config, strategy):
         'accuracy': tf.reduce_sum(correct) / global_batch,
     }
 
-  @tf.function
-  def train_step(iterator):
-    per_replica = strategy.run(step_fn, args=(next(iterator),))
-    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-            for k, v in per_replica.items()}
-
-  return train_step
+  return steps.distributed_step(step_fn, strategy, tf.distribute.ReduceOp.SUM)
 
 
 def _make_ponder_summaries(model, config, builder, spec):
@@ -225,26 +209,16 @@ def train(config, strategy=None):
 
   with strategy.scope(), _python_seed(config.seed):
     model = build_model(config)
-    optimizer = keras.optimizers.SGD(learning_rate=_schedule(config),
-                                     momentum=config.momentum)
-    optimizer.build(model.trainable_variables)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
-  checkpoint = checkpointing.make_checkpoint(model, optimizer, step)
-  save_dir = distribution.write_dir(config.model_dir, strategy)
-  manager = tf.train.CheckpointManager(
-      checkpoint, save_dir, max_to_keep=config.keep_checkpoints,
-      checkpoint_name='ckpt')
-  latest = tf.train.latest_checkpoint(config.model_dir)
-  if latest:
-    checkpoint.restore(latest).assert_existing_objects_matched()
-    logging.info('Resuming from %s (step %d).', latest, int(step.numpy()))
-  elif config.init_checkpoint:
-    checkpointing.init_from_checkpoint(model, config.init_checkpoint,
-                                       config.init_model, config.init_mode)
+    optimizer, step = steps.make_optimizer(model, _schedule(config),
+                                           config.momentum)
+  initialise = None
+  if config.init_checkpoint:
+    initialise = lambda: checkpointing.init_from_checkpoint(
+        model, config.init_checkpoint, config.init_model, config.init_mode)
+  manager, save_dir, latest = steps.restore_or_initialise(
+      model, optimizer, step, config, strategy, initialise)
   start = int(step.numpy())
-  if start >= config.train_steps:
-    logging.info('Already trained for %d steps (train_steps=%d): nothing to '
-                 'do.', start, config.train_steps)
+  if steps.already_trained(start, config.train_steps):
     return TrainResult(start, latest, {}, time.time() - started)
 
   dataset = strategy.distribute_datasets_from_function(
@@ -254,62 +228,30 @@ def train(config, strategy=None):
           seed=config.seed, input_context=context))
   iterator = iter(dataset)
   train_step = _make_train_step(model, optimizer, config, strategy)
-  writer = (tf.summary.create_file_writer(
-      os.path.join(config.model_dir, 'train')) if chief
-            else tf.summary.create_noop_writer())
+  writer = steps.summary_writer(config, chief)
   ponder_summaries = (_make_ponder_summaries(model, config, builder, spec)
                       if chief else None)
 
-  def save(current):
-    if not _all_finite(model):
-      raise TrainingDivergedError(
-          f'The weights became NaN or infinite by step {current}; not saving '
-          f'them. The last good checkpoint is {manager.latest_checkpoint}. '
-          'Lower --learning_rate and start again from it.')
-    return manager.save(checkpoint_number=current)
+  def on_summary(current, metrics, window):
+    del window  # Unused.
+    if ponder_summaries:
+      ponder_summaries(current)
+    logging.info(
+        'step %d/%d: loss %.4f (cross-entropy %.4f, ponder cost %.3f), '
+        'accuracy %.3f, %.3g FLOPs/image, lr %.3g, %.1f images/s', current,
+        config.train_steps, metrics['loss'], metrics['cross_entropy'],
+        metrics['ponder_cost'], metrics['accuracy'], metrics['flops'],
+        metrics['learning_rate'], metrics['examples_per_second'])
 
   logging.info('Training %s %s (units %s) on %s from step %d to %d.',
                config.model_type, config.family, config.units, config.dataset,
                start, config.train_steps)
-  window = collections.defaultdict(float)
-  window_steps, window_start = 0, time.time()
-  last_path, last_metrics = latest, {}
-  for current in range(start + 1, config.train_steps + 1):
-    values = train_step(iterator)
-    step.assign_add(1)
-    loss = float(values['loss'])
-    if not math.isfinite(loss):
-      raise TrainingDivergedError(
-          f'The loss is {loss} at step {current}; stopping. The last good '
-          f'checkpoint is {manager.latest_checkpoint}. Lower --learning_rate '
-          'and start again from it.')
-    for key in _METRICS:
-      window[key] += float(values[key])
-    window_steps += 1
-    if current % config.summary_every == 0 or current == config.train_steps:
-      elapsed = time.time() - window_start
-      last_metrics = {k: window[k] / window_steps for k in _METRICS}
-      last_metrics['learning_rate'] = float(
-          keras.ops.convert_to_numpy(optimizer.learning_rate))
-      last_metrics['examples_per_second'] = (
-          window_steps * config.batch_size / max(elapsed, 1e-9))
-      with writer.as_default(step=current):
-        for key, value in last_metrics.items():
-          tf.summary.scalar(key, value)
-        if ponder_summaries:
-          ponder_summaries(current)
-      logging.info(
-          'step %d/%d: loss %.4f (cross-entropy %.4f, ponder cost %.3f), '
-          'accuracy %.3f, %.3g FLOPs/image, lr %.3g, %.1f images/s', current,
-          config.train_steps, last_metrics['loss'],
-          last_metrics['cross_entropy'], last_metrics['ponder_cost'],
-          last_metrics['accuracy'], last_metrics['flops'],
-          last_metrics['learning_rate'], last_metrics['examples_per_second'])
-      window.clear()
-      window_steps, window_start = 0, time.time()
-    if current % config.checkpoint_every == 0 or current == config.train_steps:
-      last_path = save(current)
-  writer.flush()
+  last_path, last_metrics = steps.run(
+      train_step, iterator, start, config, model=model, optimizer=optimizer,
+      step=step, manager=manager, writer=writer,
+      window=steps.MetricsWindow(_METRICS),
+      examples_per_step=config.batch_size, rate_key='examples_per_second',
+      on_summary=on_summary, latest=latest)
   if not chief:
     shutil.rmtree(save_dir, ignore_errors=True)
   return TrainResult(config.train_steps, last_path, last_metrics,

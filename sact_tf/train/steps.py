@@ -1,0 +1,209 @@
+"""The parts of a training loop that classification and detection share.
+
+Both loops (`sact_tf.train.loop`, `sact_tf.detection.training`) run momentum
+SGD under a `tf.distribute` strategy with a step counter, save
+`sact_tf.train.checkpointing` checkpoints every `checkpoint_every` steps and
+at the end, resume from the latest one, average their metrics over summary
+windows of `summary_every` steps (TensorBoard run `<model_dir>/train`), and
+stop on a non-finite loss or weight before anything is saved, so that the
+last checkpoint stays the last good one. The config of either
+(`ExperimentConfig`, `DetectionConfig`) provides `model_dir`, `train_steps`,
+`summary_every`, `checkpoint_every` and `keep_checkpoints`.
+"""
+
+import collections
+import math
+import os
+import time
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from sact_tf.train import checkpointing
+from sact_tf.train import distribution
+
+TrainResult = collections.namedtuple(
+    'TrainResult', ['step', 'checkpoint', 'metrics', 'seconds'])
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or the weights became NaN or infinite."""
+
+
+def all_finite(model):
+  """Whether every trainable weight of `model` is finite."""
+  return all(bool(tf.reduce_all(tf.math.is_finite(v.value)))
+             for v in model.trainable_variables)
+
+
+def make_optimizer(model, learning_rate, momentum):
+  """(SGD with momentum built for `model`, the int64 step counter).
+
+  Call under the strategy's scope.
+  """
+  optimizer = keras.optimizers.SGD(learning_rate=learning_rate,
+                                   momentum=momentum)
+  optimizer.build(model.trainable_variables)
+  step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+  return optimizer, step
+
+
+def restore_or_initialise(model, optimizer, step, config, strategy,
+                          initialise=None):
+  """The run's checkpoint manager, with the latest checkpoint restored.
+
+  A run with a checkpoint in `config.model_dir` resumes from it (weights,
+  optimizer state, step); a new one calls `initialise()` when given (e.g.
+  fine-tuning from another model).
+
+  Returns:
+    (manager, save_dir, latest): the `tf.train.CheckpointManager` writing to
+    `save_dir` (`distribution.write_dir`), and the checkpoint restored or
+    None.
+  """
+  checkpoint = checkpointing.make_checkpoint(model, optimizer, step)
+  save_dir = distribution.write_dir(config.model_dir, strategy)
+  manager = tf.train.CheckpointManager(
+      checkpoint, save_dir, max_to_keep=config.keep_checkpoints,
+      checkpoint_name='ckpt')
+  latest = tf.train.latest_checkpoint(config.model_dir)
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    logging.info('Resuming from %s (step %d).', latest, int(step.numpy()))
+  elif initialise is not None:
+    initialise()
+  return manager, save_dir, latest
+
+
+def already_trained(start, train_steps):
+  """True (and says so in the log) if step `start` reached `train_steps`."""
+  if start < train_steps:
+    return False
+  logging.info('Already trained for %d steps (train_steps=%d): nothing to '
+               'do.', start, train_steps)
+  return True
+
+
+def distributed_step(step_fn, strategy, reduce_op):
+  """A `tf.function` running `step_fn` on the next element of an iterator
+  on every replica and reducing its dict of values with `reduce_op`."""
+
+  @tf.function
+  def train_step(iterator):
+    per_replica = strategy.run(step_fn, args=(next(iterator),))
+    return {k: strategy.reduce(reduce_op, v, axis=None)
+            for k, v in per_replica.items()}
+
+  return train_step
+
+
+def summary_writer(config, chief):
+  """The TensorBoard writer of `<model_dir>/train` (a no-op off the chief)."""
+  if chief:
+    return tf.summary.create_file_writer(
+        os.path.join(config.model_dir, 'train'))
+  return tf.summary.create_noop_writer()
+
+
+class MetricsWindow:
+  """Training metrics of the steps since the last summary.
+
+  Args:
+    keys: metrics averaged over the window's steps.
+    totals: {metric: factor} of metrics summed over the window instead,
+      each step's value times its factor.
+  """
+
+  def __init__(self, keys, totals=None):
+    self.keys = tuple(keys)
+    self.totals = dict(totals or {})
+    self.reset()
+
+  def reset(self):
+    self.sums = collections.defaultdict(float)
+    self.steps = 0
+    self.start = time.time()
+
+  def add(self, values):
+    for key in self.keys:
+      self.sums[key] += float(values[key])
+    for key, factor in self.totals.items():
+      self.sums[key] += float(values[key]) * factor
+    self.steps += 1
+
+  def metrics(self):
+    """{key: mean over the window} then {total key: sum over it}."""
+    values = {k: self.sums[k] / self.steps for k in self.keys}
+    values.update((k, self.sums[k]) for k in self.totals)
+    return values
+
+
+def save_checkpoint(model, manager, current):
+  """Saves checkpoint `current` unless a weight is NaN or infinite.
+
+  Raises:
+    TrainingDivergedError: a weight is not finite (nothing is saved).
+  """
+  if not all_finite(model):
+    raise TrainingDivergedError(
+        f'The weights became NaN or infinite by step {current}; not saving '
+        f'them. The last good checkpoint is {manager.latest_checkpoint}. '
+        'Lower --learning_rate and start again from it.')
+  return manager.save(checkpoint_number=current)
+
+
+def run(train_step, iterator, start, config, *, model, optimizer, step,
+        manager, writer, window, examples_per_step, rate_key, on_summary,
+        latest=None, after_save=None):
+  """Runs training steps `start + 1` to `config.train_steps`.
+
+  Each step calls `train_step(iterator)` (a dict of metrics with `loss`),
+  counts it in `step` and adds it to `window`. At the end of each summary
+  window (every `config.summary_every` steps and at the last step) the
+  window's metrics, the learning rate and the throughput (`rate_key`:
+  `examples_per_step` times steps per second) go to `writer` as scalars at
+  the step, then `on_summary(current, metrics, window)` runs inside the
+  writer's context (for the log line and further summaries). Checkpoints
+  are saved every `config.checkpoint_every` steps and at the last step,
+  each followed by `after_save()` when given.
+
+  Returns:
+    (the last checkpoint saved, else `latest`; the metrics of the last
+    summary window, {} if none).
+
+  Raises:
+    TrainingDivergedError: the loss (checked at every step) or the weights
+      (checked before each save) are not finite.
+  """
+  last_path, last_metrics = latest, {}
+  for current in range(start + 1, config.train_steps + 1):
+    values = train_step(iterator)
+    step.assign_add(1)
+    loss = float(values['loss'])
+    if not math.isfinite(loss):
+      raise TrainingDivergedError(
+          f'The loss is {loss} at step {current}; stopping. The last good '
+          f'checkpoint is {manager.latest_checkpoint}. Lower --learning_rate '
+          'and start again from it.')
+    window.add(values)
+    if (current % config.summary_every == 0
+        or current == config.train_steps):
+      elapsed = time.time() - window.start
+      last_metrics = window.metrics()
+      last_metrics['learning_rate'] = float(
+          keras.ops.convert_to_numpy(optimizer.learning_rate))
+      last_metrics[rate_key] = (window.steps * examples_per_step
+                                / max(elapsed, 1e-9))
+      with writer.as_default(step=current):
+        for key, value in last_metrics.items():
+          tf.summary.scalar(key, value)
+        on_summary(current, last_metrics, window)
+      window.reset()
+    if (current % config.checkpoint_every == 0
+        or current == config.train_steps):
+      last_path = save_checkpoint(model, manager, current)
+      if after_save is not None:
+        after_save()
+  writer.flush()
+  return last_path, last_metrics
