@@ -25,10 +25,14 @@ def conv_flops(positions, kernel_size, in_channels, out_channels):
 
 
 def dilate(active):
-  """Dilates a `[B, H, W]` bool mask with a 3x3 window (zero outside)."""
-  mask = tf.cast(active, tf.float32)[..., tf.newaxis]
-  dilated = tf.nn.max_pool2d(mask, 3, strides=1, padding='SAME')
-  return dilated[..., 0] > 0.5
+  """Dilates a `[B, H, W]` bool mask with a 3x3 window (False outside).
+
+  OR-ing shifted slices: several times faster on CPU than a one-channel max
+  pool, which oneDNN runs slowly (this runs once per unit).
+  """
+  padded = tf.pad(active, [[0, 0], [1, 1], [1, 1]])
+  rows = padded[:, :-2] | padded[:, 1:-1] | padded[:, 2:]
+  return rows[:, :, :-2] | rows[:, :, 1:-1] | rows[:, :, 2:]
 
 
 def position_counts(active, height, width):
