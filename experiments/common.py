@@ -374,6 +374,13 @@ def parse(fv, argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
 
 
+def require(fv, *names):
+  """Raises app.UsageError naming the first of `names` left empty."""
+  for name in names:
+    if not fv[name].value:
+      raise app.UsageError(f'--{name} is required.')
+
+
 def run(binary, fv, argv):
   """Parses `argv` into `fv` when it carries flags, then runs the experiment.
   """

@@ -42,9 +42,7 @@ flags.DEFINE_boolean('sparse', True, 'Serve with sparse execution (computes '
 
 def main(argv):
   common.parse(FLAGS, argv)
-  for name in ('model_dir', 'export_dir'):
-    if not FLAGS[name].value:
-      raise app.UsageError(f'--{name} is required.')
+  common.require(FLAGS, 'model_dir', 'export_dir')
   try:
     config, model, prefix = checkpointing.load_run(
         FLAGS.model_dir, FLAGS.checkpoint, sparse=FLAGS.sparse)

@@ -38,9 +38,7 @@ flags.DEFINE_string('checkpoint', None, 'Checkpoint directory or prefix '
 
 def main(argv):
   common.parse(FLAGS, argv)
-  for name in ('model_dir', 'output'):
-    if not FLAGS[name].value:
-      raise app.UsageError(f'--{name} is required.')
+  common.require(FLAGS, 'model_dir', 'output')
   try:
     result = export_maps.export_run(
         FLAGS.model_dir, FLAGS.output, split=FLAGS.split,

@@ -109,9 +109,7 @@ def import_checkpoint(checkpoint, dataset, model_type, model, model_dir,
 
 def main(argv):
   common.parse(FLAGS, argv)
-  for name in ('checkpoint', 'dataset', 'model_dir'):
-    if not FLAGS[name].value:
-      raise app.UsageError(f'--{name} is required.')
+  common.require(FLAGS, 'checkpoint', 'dataset', 'model_dir')
   try:
     config, summary = import_checkpoint(
         FLAGS.checkpoint, FLAGS.dataset, FLAGS.model_type, FLAGS.model,

@@ -105,9 +105,7 @@ def plot_runs(summaries):
 
 def main(argv):
   common.parse(FLAGS, argv)
-  for name in ('eval_json', 'output'):
-    if not FLAGS[name].value:
-      raise app.UsageError(f'--{name} is required.')
+  common.require(FLAGS, 'eval_json', 'output')
   paths = expand_paths(FLAGS.eval_json)
   try:
     summaries = [evaluation.read_result(path) for path in paths]

@@ -88,9 +88,7 @@ def draw(image, ponder_map, vmin, vmax):
 
 def main(argv):
   common.parse(FLAGS, argv)
-  for name in ('model_dir', 'images', 'output_dir'):
-    if not FLAGS[name].value:
-      raise app.UsageError(f'--{name} is required.')
+  common.require(FLAGS, 'model_dir', 'images', 'output_dir')
   try:
     paths = find_images(FLAGS.images)
     config, model, _ = checkpointing.load_run(FLAGS.model_dir,
