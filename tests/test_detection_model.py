@@ -71,8 +71,11 @@ def test_plain_feature_extractor_flops_match_the_static_count():
 def test_sact_halting_at_once_costs_the_first_units_and_their_heads():
   model = training.build_model(tiny_config())
   for variable in model.variables:
+    # Halting logit 20 everywhere, whatever the random weights.
     if variable.path.endswith('local_conv/bias'):
       variable.assign(tf.fill(variable.shape, 20.0))
+    elif variable.path.endswith(('local_conv/kernel', 'global_conv/kernel')):
+      variable.assign(tf.zeros(variable.shape))
   out = model(images(), training=False)
   # Blocks 2 and 3 (depths 32, 64 at 9x12 and 5x6) stop after their first
   # unit: its halting head's 3x3 conv to one channel runs everywhere, its
