@@ -112,7 +112,8 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   runs = plot_runs(summaries)
-  viz.plot_flops_accuracy(runs, FLAGS.output, title=FLAGS.title)
+  viz.plot_flops_accuracy(runs, FLAGS.output, title=FLAGS.title,
+                          ylabel='top-1 accuracy (%)')
   print(f'Plotted {len(runs)} evaluations to {FLAGS.output}', flush=True)
   return runs
 

@@ -127,7 +127,8 @@ def colorbar_png(path, vmin, vmax, cmap='viridis', label='ponder cost'):
   write_png(path, colorbar_image(vmin, vmax, cmap, label))
 
 
-def plot_flops_accuracy(runs, path, title='FLOPs vs accuracy'):
+def plot_flops_accuracy(runs, path, title='FLOPs vs accuracy',
+                        ylabel='accuracy'):
   """Draws a fig. 7-style FLOPs-accuracy plot of several runs to a PNG.
 
   Args:
@@ -136,6 +137,7 @@ def plot_flops_accuracy(runs, path, title='FLOPs vs accuracy'):
       runs of a group are joined by a line in FLOPs order.
     path: PNG file to write (atomically).
     title: plot title.
+    ylabel: label of the accuracy axis (say whether it is in percent).
   """
   if not runs:
     raise ValueError('Nothing to plot: runs is empty.')
@@ -157,7 +159,7 @@ def plot_flops_accuracy(runs, path, title='FLOPs vs accuracy'):
         axis.annotate(run['label'], (run['flops'], run['accuracy']),
                       textcoords='offset points', xytext=(4, 4), fontsize=8)
   axis.set_xlabel('FLOPs per image')
-  axis.set_ylabel('accuracy')
+  axis.set_ylabel(ylabel)
   axis.set_title(title)
   axis.grid(True, alpha=0.3)
   axis.legend()
