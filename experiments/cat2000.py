@@ -59,6 +59,7 @@ from sact_tf import saliency
 from sact_tf.data import cat2000 as cat2000_data
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
+from sact_tf.train import evaluation
 
 DATASETS = ('cat2000', 'clutter_digits')
 # Images per category and half used by default (None: all of them).
@@ -341,17 +342,6 @@ def format_table(summary):
   return '\n'.join(lines)
 
 
-def _json_safe(value):
-  """NaN (a category without fixations) -> None, for standard JSON."""
-  if isinstance(value, dict):
-    return {str(k): _json_safe(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
-  if isinstance(value, float) and np.isnan(value):
-    return None
-  return value
-
-
 def run(fv):
   """Evaluates a run's ponder maps as saliency; returns the summary dict.
 
@@ -424,7 +414,7 @@ def run(fv):
       results=results,
       seconds=dict(ponder_maps=inference_seconds,
                    protocol=time.time() - started - inference_seconds))
-  summary = _json_safe(summary)
+  summary = evaluation.nan_to_none(summary)
   output = fv.output or os.path.join(fv.model_dir,
                                      f'saliency_{fv.dataset}.json')
   config_lib.write_json(output, summary)

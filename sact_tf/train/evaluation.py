@@ -268,7 +268,7 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
 
 
 def nan_to_none(value):
-  """`value` with every NaN or infinite float (in dicts and lists) None.
+  """`value` with every NaN or infinite float (in dicts, lists, tuples) None.
 
   JSON has no NaN; null says "undefined" (e.g. no valid box) portably.
   """
@@ -276,7 +276,7 @@ def nan_to_none(value):
     return None
   if isinstance(value, dict):
     return {k: nan_to_none(v) for k, v in value.items()}
-  if isinstance(value, list):
+  if isinstance(value, (list, tuple)):
     return [nan_to_none(v) for v in value]
   return value
 
