@@ -76,6 +76,9 @@ class FixedHaltingHead(keras.layers.Layer):
   here). Costs no FLOPs.
   """
 
+  # The scores are part of the config (see `sact_tf.layers.blocks`).
+  config_and_weights_only = True
+
   def __init__(self, scores, spatial, **kwargs):
     super().__init__(**kwargs)
     self.scores = np.asarray(scores, np.float32)

@@ -73,6 +73,40 @@ def _add_weighted(output, weight, state):
   return output + _expand_to_state(weight) * state
 
 
+def _shares_graph(layers):
+  """Whether one graph can evaluate all of `layers`, given their variables.
+
+  True for layers of one class that declares `config_and_weights_only` (its
+  computation depends on its config and its variables' values only) with
+  equal configs but for the name.
+  """
+  if not layers:
+    return True
+  first = layers[0]
+  if not getattr(type(first), 'config_and_weights_only', False):
+    return False
+
+  def key(layer):
+    config = dict(layer.get_config())
+    config.pop('name', None)
+    return type(layer), config
+
+  return all(key(layer) == key(first) for layer in layers[1:])
+
+
+@tf.function(jit_compile=True)
+def _residual_step(x, residual, output, remainder, active):
+  """A unit's residual added to the state and, weighted, to the output.
+
+  Returns (x + residual, output + remainder * residual) where `active`
+  (`[B, H, W]`), x and output elsewhere: one pass over the state (XLA) for
+  the dense evaluation of `SACTBlock`'s sparse loop.
+  """
+  mask = active[..., tf.newaxis]
+  return (tf.where(mask, x + residual, x),
+          output + tf.where(mask, remainder[..., tf.newaxis], 0.0) * residual)
+
+
 class _Block(keras.layers.Layer):
   """Holds the units and builds them in order (never inside the loop)."""
 
@@ -147,6 +181,8 @@ class _HaltingBlock(_Block):
     self._heads_take_active = [
         'active' in inspect.signature(head.call).parameters
         for head in halting_heads]
+    self._loop_shares_graph = (_shares_graph(self.units[1:])
+                               and _shares_graph(self.halting_heads[1:]))
 
   def _sparse_capable(self):
     """The units and heads that can evaluate sparsely (have `sparse`)."""
@@ -158,7 +194,8 @@ class _HaltingBlock(_Block):
     for head in self.halting_heads:
       _build_once(head, state_shape)
 
-  def _evaluate(self, index, x, active, training, unit_active):
+  def _evaluate(self, index, x, active, training, unit_active, step=None,
+                output=None):
     """Unit `index` and its halting head on `x`.
 
     Args:
@@ -168,13 +205,19 @@ class _HaltingBlock(_Block):
         FLOPs are counted from it.
       training: the Keras training flag.
       unit_active: the mask the unit and the head are given.
+      step: `step(unit, x, output)` evaluates the unit and returns (new
+        state, new block output); None: `unit(x, unit_active)`, output
+        unchanged.
+      output: the block output so far, passed to `step`.
 
     Returns:
-      (new state, halting scores of the shape of `x`'s mask, FLOPs `[B]`).
+      (new state, halting scores of the shape of `x`'s mask, FLOPs `[B]`,
+      block output).
     """
     unit = self.units[index]
     flops = unit.flops(tf.shape(x), active)
-    x = unit(x, unit_active, training=training)
+    step = step or self._plain_step(training, unit_active)
+    x, output = step(unit, x, output)
     mask_shape = self._mask_shape(x)
     if index < len(self.halting_heads):
       head = self.halting_heads[index]
@@ -187,29 +230,101 @@ class _HaltingBlock(_Block):
     else:
       halting_proba = tf.ones(mask_shape, x.dtype)
     batch = tf.shape(x if active is None else active)[:1]
-    return x, halting_proba, tf.broadcast_to(flops, batch)
+    return x, halting_proba, tf.broadcast_to(flops, batch), output
+
+  @staticmethod
+  def _plain_step(training, unit_active):
+    return lambda unit, x, output: (unit(x, unit_active, training=training),
+                                    output)
 
   def _mask_shape(self, x):
     shape = tf.shape(x)
     return shape[:3] if self.spatial else shape[:1]
 
-  def _next_unit(self, index, x, active, training, unit_active):
+  def _next_unit(self, index, x, active, training, unit_active, step=None,
+                 output=None):
     """Units 2..L chosen by the loop index: `_evaluate` of unit `index`."""
+    if training or not self._loop_shares_graph:
+      new_x, halting_proba, flops, output = self._switch_units(
+          index, x, active, training, unit_active, step, output)
+    else:
+      new_x, halting_proba, flops, output = self._shared_graph_unit(
+          index, x, active, training, unit_active, step, output)
+    new_x.set_shape(x.shape)
+    return new_x, halting_proba, flops, output
+
+  def _switch_units(self, index, x, active, training, unit_active, step,
+                    output):
+    """One `tf.switch_case` branch per unit, each with its own graph."""
     def branch(k):
       # k is bound now: a closure over the loop variable would make every
       # branch call the last unit.
-      return lambda: self._evaluate(k, x, active, training, unit_active)
-    new_x, halting_proba, flops = tf.switch_case(
+      return lambda: self._evaluate(k, x, active, training, unit_active,
+                                    step, output)
+    return tf.switch_case(
         index - 1, [branch(k) for k in range(1, len(self.units))])
-    new_x.set_shape(x.shape)
-    return new_x, halting_proba, flops
+
+  def _shared_graph_unit(self, index, x, active, training, unit_active, step,
+                         output):
+    """Unit `index` as the graph of unit 2 run with unit `index`'s weights.
+
+    A switch whose branches only read variables costs a fraction of one
+    whose branches hold every unit's whole graph: `tf.switch_case` lowers to
+    Switch / Merge nodes, and the untaken branches' nodes are still visited
+    on every step (`python -m benchmarks.sparse_profile`). The values are
+    read inside the switch, so gradients reach every unit's variables.
+    Used when `_loop_shares_graph`, at inference only: a training-mode batch
+    norm updates its own variables.
+    """
+    unit = self.units[1]
+    heads = self.halting_heads[1:]
+    head = heads[0] if heads else None
+    template = unit.variables + (head.variables if head else [])
+
+    def read(k):
+      variables = self.units[k].variables
+      if heads:
+        # The last unit has no head; it reads the last head's (unused).
+        variables = variables + heads[min(k, len(heads)) - 1].variables
+      return lambda: [tf.convert_to_tensor(v) for v in variables]
+
+    values = []
+    if template:
+      values = tf.switch_case(index - 1,
+                              [read(k) for k in range(1, len(self.units))])
+    for variable, value in zip(template, values):
+      value.set_shape(variable.shape)
+    with keras.StatelessScope(state_mapping=list(zip(template, values))):
+      flops = unit.flops(tf.shape(x), active)
+      step = step or self._plain_step(training, unit_active)
+      new_x, output = step(unit, x, output)
+      mask_shape = self._mask_shape(new_x)
+      if head is None:
+        halting_proba = tf.ones(mask_shape, new_x.dtype)
+      else:
+        def evaluate_head():
+          if self._heads_take_active[1]:
+            proba = head(new_x, unit_active, training=training)
+          else:
+            proba = head(new_x, training=training)
+          return (tf.reshape(proba, mask_shape),
+                  head.flops(tf.shape(new_x), active))
+
+        halting_proba, head_flops = tf.cond(
+            index < len(self.halting_heads), evaluate_head,
+            lambda: (tf.ones(mask_shape, new_x.dtype),
+                     tf.zeros_like(flops)))
+        flops += head_flops
+    batch = tf.shape(x if active is None else active)[:1]
+    return new_x, halting_proba, tf.broadcast_to(flops, batch), output
 
   def _distribution_step(self, distribution, weight, index):
     return distribution + weight[..., tf.newaxis] * tf.one_hot(
         index, len(self.units), dtype=weight.dtype)
 
   def call(self, inputs, training=None):
-    x, halting_proba, flops = self._evaluate(0, inputs, None, training, None)
+    x, halting_proba, flops, _ = self._evaluate(0, inputs, None, training,
+                                                None)
     state, weight = halting.update(
         halting.initial_state(self._mask_shape(x), x.dtype), halting_proba,
         self.eps)
@@ -248,11 +363,13 @@ class _HaltingBlock(_Block):
             output + _expand_to_state(weight) * new_x))
 
   def _masked_loop(self, x, output, distribution, flops, state, training,
-                   accumulate):
+                   accumulate, make_step=None):
     """The halting loop over units 2..L on the whole batch.
 
     `accumulate(output, weight, new_x, active)` adds a unit's weighted state
-    to the block output (`active`: the mask the unit ran under).
+    to the block output (`active`: the mask the unit ran under), unless
+    None. `make_step(state)`, if given, returns the `step` of `_evaluate`
+    for the halting state before the unit.
     """
 
     def cond(index, x, output, distribution, flops, state):
@@ -260,10 +377,12 @@ class _HaltingBlock(_Block):
       return tf.reduce_any(state.active)
 
     def body(index, x, output, distribution, flops, state):
-      new_x, halting_proba, unit_flops = self._next_unit(
-          index, x, state.active, training, state.active)
+      new_x, halting_proba, unit_flops, output = self._next_unit(
+          index, x, state.active, training, state.active,
+          make_step(state) if make_step else None, output)
       new_state, weight = halting.update(state, halting_proba, self.eps)
-      output = accumulate(output, weight, new_x, state.active)
+      if accumulate is not None:
+        output = accumulate(output, weight, new_x, state.active)
       return (index + 1, new_x, output,
               self._distribution_step(distribution, weight, index),
               flops + unit_flops, new_state)
@@ -328,7 +447,7 @@ class ACTBlock(_HaltingBlock):
 
       x, output, images, done = tf.cond(
           tf.reduce_all(keep), lambda: (x, output, images, done), drop_halted)
-      new_x, halting_proba, unit_flops = self._next_unit(
+      new_x, halting_proba, unit_flops, _ = self._next_unit(
           index, x, state.active, training, None)
       # The halting state stays batch-sized; scores of halted images are
       # ignored by halting.update.
@@ -383,6 +502,49 @@ class SACTBlock(_HaltingBlock):
       layer.dense_fraction = self.dense_fraction
 
   def _sparse_loop(self, x, output, distribution, flops, state, training):
+    """Units 2..L, adding their remainder-weighted residuals to the output.
+
+    With the halting distribution p of eq. 8 and the states x_1 .. x_N of a
+    position, x_n = x_{n-1} + r_n, the output sum_n p_n x_n equals
+    x_1 + sum_{n >= 2} R_{n-1} r_n, where R_{n-1} = 1 - c_{n-1} is the
+    remainder before unit n (sum_{m >= n} p_m = R_{n-1}). Every term is
+    known when unit n runs, so the unit's residual rows go into the state
+    and, scaled, into the output, without gathering the new state again.
+    Units without `gathered_residual` / `dense_residual` get the plain
+    weighted sum instead.
+    """
+    if not all(hasattr(unit, 'gathered_residual')
+               and hasattr(unit, 'dense_residual')
+               for unit in self.units[1:]):
+      return self._weighted_sparse_loop(x, output, distribution, flops,
+                                        state, training)
+
+    def make_step(state):
+      active, remainder = state.active, state.remainder
+
+      def step(unit, x, output):
+        def gathered():
+          centres, rows = unit.gathered_residual(x, active)
+          weights = tf.gather_nd(remainder, centres)[:, tf.newaxis]
+          return (sparse_lib.add_rows(x, centres, rows),
+                  sparse_lib.add_rows(output, centres, weights * rows))
+
+        def dense():
+          return _residual_step(x, unit.dense_residual(x, training), output,
+                                remainder, active)
+
+        return tf.cond(
+            tf.equal(sparse_lib.choose_path(active, self.dense_fraction),
+                     sparse_lib.GATHERED), gathered, dense)
+
+      return step
+
+    del output  # The sum starts at x_1 (see above).
+    return self._masked_loop(x, x, distribution, flops, state, training,
+                             None, make_step)
+
+  def _weighted_sparse_loop(self, x, output, distribution, flops, state,
+                            training):
     """Units 2..L; the output gets the weighted states at active positions."""
 
     def accumulate(output, weight, new_x, active):

@@ -20,6 +20,10 @@ from sact_tf.layers import common
 class _HaltingHead(keras.layers.Layer):
   """Shared configuration of the halting heads."""
 
+  # Depends on its config and variables only: a block may run one head's
+  # graph with another's weights (see `sact_tf.layers.blocks`).
+  config_and_weights_only = True
+
   def __init__(self, halting_bias_init=-3.0, bn_momentum=0.997,
                bn_epsilon=1e-5, leakiness=None, weight_decay=0.0, **kwargs):
     super().__init__(**kwargs)

@@ -90,6 +90,10 @@ class BottleneckUnit(keras.layers.Layer):
       (0, 1].
   """
 
+  # Depends on its config and variables only: a block may run one unit's
+  # graph with another's weights (see `sact_tf.layers.blocks`).
+  config_and_weights_only = True
+
   def __init__(self, depth, depth_bottleneck, stride=1, bn_momentum=0.997,
                bn_epsilon=1e-5, weight_decay=0.0, sparse=True,
                dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
@@ -139,6 +143,15 @@ class BottleneckUnit(keras.layers.Layer):
 
   def dense(self, x, training):
     """The unit's output at every position, `[B, H', W', depth]`."""
+    shortcut, residual = self._dense_parts(x, training)
+    return shortcut + residual
+
+  def dense_residual(self, x, training):
+    """`dense(x) - x` of a unit under a mask: its residual branch."""
+    _check_masked(self, active=True)
+    return self._dense_parts(x, training)[1]
+
+  def _dense_parts(self, x, training):
     preact = tf.nn.relu(self.preact(x, training=training))
     if self.shortcut is None:
       shortcut = x[:, ::self.stride, ::self.stride, :]
@@ -149,10 +162,17 @@ class BottleneckUnit(keras.layers.Layer):
       residual = common.fixed_padding(residual, 3)
     residual = tf.nn.relu(self.conv2_bn(self.conv2(residual),
                                         training=training))
-    return shortcut + self.conv3(residual)
+    return shortcut, self.conv3(residual)
 
   def gathered(self, x, active):
     """`x` with the unit applied at the `active` positions (inference)."""
+    return sparse_lib.add_rows(x, *self.gathered_residual(x, active))
+
+  def gathered_residual(self, x, active):
+    """(positions of `active`, `[n, depth]` rows of `dense(x) - x` there).
+
+    Inference only (batch norm with its moving statistics).
+    """
     centres = sparse_lib.positions(active)
     table_mask = sparse_lib.dilate(active)
     preact = tf.nn.relu(sparse_lib.batch_norm_rows(
@@ -163,8 +183,7 @@ class BottleneckUnit(keras.layers.Layer):
         residual, sparse_lib.neighbour_rows(centres, table_mask))
     residual = tf.nn.relu(sparse_lib.batch_norm_rows(
         self.conv2_bn, sparse_lib.conv_rows(self.conv2, residual)))
-    return sparse_lib.add_rows(x, centres,
-                               sparse_lib.conv_rows(self.conv3, residual))
+    return centres, sparse_lib.conv_rows(self.conv3, residual)
 
   def compute_output_shape(self, input_shape):
     def out(size):
@@ -227,6 +246,10 @@ class CifarUnit(keras.layers.Layer):
     sparse, dense_fraction: as for `BottleneckUnit`.
   """
 
+  # Depends on its config and variables only: a block may run one unit's
+  # graph with another's weights (see `sact_tf.layers.blocks`).
+  config_and_weights_only = True
+
   def __init__(self, depth, stride=1, activate_before_residual=False,
                leakiness=0.1, double_activation=True, bn_momentum=0.9,
                bn_epsilon=1e-3, weight_decay=0.0, sparse=True,
@@ -273,6 +296,11 @@ class CifarUnit(keras.layers.Layer):
     x = self._activation(x)
     return self._activation(x) if self.double_activation else x
 
+  def dense_residual(self, x, training):
+    """`dense(x) - x` of a unit under a mask."""
+    _check_masked(self, active=True)
+    return self.dense(x, training) - x
+
   def dense(self, x, training):
     """The unit's output at every position, `[B, H', W', depth]`."""
     preact = self._activation(self.preact(x, training=training))
@@ -288,6 +316,13 @@ class CifarUnit(keras.layers.Layer):
 
   def gathered(self, x, active):
     """`x` with the unit applied at the `active` positions (inference)."""
+    return sparse_lib.add_rows(x, *self.gathered_residual(x, active))
+
+  def gathered_residual(self, x, active):
+    """(positions of `active`, `[n, depth]` rows of `dense(x) - x` there).
+
+    Inference only (batch norm with its moving statistics).
+    """
     centres = sparse_lib.positions(active)
     # conv2 at the active positions reads conv1 on their 3x3 neighbourhoods
     # (`middle`), which reads the pre-activation one step further (`outer`).
@@ -304,7 +339,7 @@ class CifarUnit(keras.layers.Layer):
         residual, sparse_lib.neighbour_rows(centres, middle)))
     if self.activate_before_residual:
       residual += preact_rows(centres) - tf.gather_nd(x, centres)
-    return sparse_lib.add_rows(x, centres, residual)
+    return centres, residual
 
   def compute_output_shape(self, input_shape):
     def out(size):
