@@ -88,6 +88,13 @@ class FixedHaltingHead(keras.layers.Layer):
     shape = tf.shape(x)[:3] if self.spatial else tf.shape(x)[:1]
     return tf.broadcast_to(self.scores, shape)
 
+  def scores_from_rows(self, table, neighbours, centres, pooled):
+    """The scores at `centres` (`SACTHaltingHead.scores_from_rows`)."""
+    del table, neighbours, pooled
+    if self.scores.ndim == 0:
+      return tf.fill(tf.shape(centres)[:1], self.scores)
+    return tf.gather_nd(self.scores, centres[:, 1:])
+
   def flops(self, input_shape, active=None):
     del input_shape, active
     return tf.constant(0, tf.int64)

@@ -80,23 +80,34 @@ def positions(mask):
   return tf.where(mask)
 
 
-def neighbour_rows(centres, table_mask):
+def neighbour_rows(centres, table_mask, first=None):
   """Rows of the 3x3 windows around `centres` in a table of `table_mask`.
 
   Args:
     centres: int64 `[n, 3]` positions (e.g. `positions(active)`).
     table_mask: bool `[B, H, W]` holding every in-image neighbour of the
       centres (e.g. `dilate(active)`).
+    first: None, or a bool `[B, H, W]` subset of `table_mask` whose rows
+      come first in the table: the table is then `positions(first)`
+      followed by `positions(table_mask & ~first)`.
 
   Returns:
     int32 `[n, 9]`: for each centre and each window offset (row-major), 1 +
-    the neighbour's row in `positions(table_mask)`, or 0 where the window
-    leaves the image (the zero padding). Use with `im2col`.
+    the neighbour's row in `positions(table_mask)` (or the table above), or
+    0 where the window leaves the image (the zero padding). Use with
+    `im2col`.
   """
-  flat = tf.reshape(tf.cast(table_mask, tf.int32), [-1])
   # tf.where enumerates positions in flattening order, so the cumulative
   # count is the row (plus one) of every True position.
-  row_map = tf.reshape(tf.cumsum(flat) * flat, tf.shape(table_mask))
+  flat = tf.reshape(tf.cast(table_mask, tf.int32), [-1])
+  if first is None:
+    flat_rows = tf.cumsum(flat) * flat
+  else:
+    head = tf.reshape(tf.cast(first, tf.int32), [-1])
+    rest = flat - head
+    flat_rows = (tf.cumsum(head) * head
+                 + (tf.cumsum(rest) + tf.reduce_sum(head)) * rest)
+  row_map = tf.reshape(flat_rows, tf.shape(table_mask))
   padded = tf.pad(row_map, [[0, 0], [1, 1], [1, 1]])
   padded_height = tf.shape(padded, out_type=tf.int64)[1]
   padded_width = tf.shape(padded, out_type=tf.int64)[2]
@@ -112,12 +123,19 @@ def im2col(table, neighbours):
   """`[n, 9 * C]` windows of rows, zeros for the padding.
 
   Args:
-    table: `[m, C]` rows of the mask that `neighbours` refers to.
+    table: `[m, C]` rows of the mask that `neighbours` refers to, or a list
+      of row blocks that concatenated form them.
     neighbours: int32 `[n, 9]` from `neighbour_rows`.
   """
-  padded = tf.concat([tf.zeros_like(table[:1]), table], axis=0)
+  blocks = row_blocks(table)
+  padded = tf.concat([tf.zeros_like(blocks[0][:1])] + blocks, axis=0)
   return tf.reshape(tf.gather(padded, neighbours),
-                    [-1, 9 * table.shape[-1]])
+                    [-1, 9 * blocks[0].shape[-1]])
+
+
+def row_blocks(table):
+  """`table` as a list of row blocks (a tensor: a list of one)."""
+  return list(table) if isinstance(table, (list, tuple)) else [table]
 
 
 def conv_rows(conv, rows):

@@ -31,6 +31,7 @@ Either way the outputs agree up to float rounding, and the ponder costs and
 FLOPs are the same.
 """
 
+import collections
 import inspect
 
 import keras
@@ -92,6 +93,24 @@ def _shares_graph(layers):
     return type(layer), config
 
   return all(key(layer) == key(first) for layer in layers[1:])
+
+
+_Table = collections.namedtuple(
+    '_Table', ['active', 'centres', 'rows', 'increments', 'border',
+               'neighbours', 'state_sum'])
+_Table.__doc__ = """The state around the active positions of `SACTBlock`.
+
+  active: bool `[B, H, W]`, the positions the table was built for (all False:
+    no table yet).
+  centres: int64 `[n, 3]`, `sparse.positions(active)`.
+  rows: `[n, C]`, the state at the centres.
+  increments: `[n, C]`, what the centres' block output gained since the
+    table was built.
+  border: `[m, C]`, the state at the rest of the dilated active set (fixed:
+    those positions have halted).
+  neighbours: int32 `[n, 9]`, the centres' 3x3 windows in rows + border.
+  state_sum: `[B, C]`, the state summed over positions, kept up to date.
+"""
 
 
 @tf.function(jit_compile=True)
@@ -264,6 +283,30 @@ class _HaltingBlock(_Block):
     return tf.switch_case(
         index - 1, [branch(k) for k in range(1, len(self.units))])
 
+  def _shared_weights(self, index):
+    """(unit, head, mapping): unit 2 and head 2 (None if the block has no
+    head after unit 2), and a `keras.StatelessScope` mapping that gives
+    their variables the values of unit `index` and its head (any head's for
+    the last unit, which has none). See `_shared_graph_unit`."""
+    unit = self.units[1]
+    heads = self.halting_heads[1:]
+    head = heads[0] if heads else None
+    template = unit.variables + (head.variables if head else [])
+
+    def read(k):
+      variables = self.units[k].variables
+      if heads:
+        variables = variables + heads[min(k, len(heads)) - 1].variables
+      return lambda: [tf.convert_to_tensor(v) for v in variables]
+
+    values = []
+    if template:
+      values = tf.switch_case(index - 1,
+                              [read(k) for k in range(1, len(self.units))])
+    for variable, value in zip(template, values):
+      value.set_shape(variable.shape)
+    return unit, head, list(zip(template, values))
+
   def _shared_graph_unit(self, index, x, active, training, unit_active, step,
                          output):
     """Unit `index` as the graph of unit 2 run with unit `index`'s weights.
@@ -276,25 +319,8 @@ class _HaltingBlock(_Block):
     Used when `_loop_shares_graph`, at inference only: a training-mode batch
     norm updates its own variables.
     """
-    unit = self.units[1]
-    heads = self.halting_heads[1:]
-    head = heads[0] if heads else None
-    template = unit.variables + (head.variables if head else [])
-
-    def read(k):
-      variables = self.units[k].variables
-      if heads:
-        # The last unit has no head; it reads the last head's (unused).
-        variables = variables + heads[min(k, len(heads)) - 1].variables
-      return lambda: [tf.convert_to_tensor(v) for v in variables]
-
-    values = []
-    if template:
-      values = tf.switch_case(index - 1,
-                              [read(k) for k in range(1, len(self.units))])
-    for variable, value in zip(template, values):
-      value.set_shape(variable.shape)
-    with keras.StatelessScope(state_mapping=list(zip(template, values))):
+    unit, head, mapping = self._shared_weights(index)
+    with keras.StatelessScope(state_mapping=mapping):
       flops = unit.flops(tf.shape(x), active)
       step = step or self._plain_step(training, unit_active)
       new_x, output = step(unit, x, output)
@@ -513,6 +539,12 @@ class SACTBlock(_HaltingBlock):
     Units without `gathered_residual` / `dense_residual` get the plain
     weighted sum instead.
     """
+    if (self._loop_shares_graph
+        and all(hasattr(unit, 'residual_from_rows')
+                and hasattr(unit, 'dense_residual') for unit in self.units[1:])
+        and all(hasattr(head, 'scores_from_rows')
+                for head in self.halting_heads[1:])):
+      return self._table_loop(x, distribution, flops, state, training)
     if not all(hasattr(unit, 'gathered_residual')
                and hasattr(unit, 'dense_residual')
                for unit in self.units[1:]):
@@ -542,6 +574,141 @@ class SACTBlock(_HaltingBlock):
     del output  # The sum starts at x_1 (see above).
     return self._masked_loop(x, x, distribution, flops, state, training,
                              None, make_step)
+
+  def _table_loop(self, x, distribution, flops, state, training):
+    """Units 2..L on a table of the state's rows around the active positions.
+
+    While at least `dense_fraction` of the positions are active, the units
+    run densely (`_residual_step`). From the first unit below it, the block
+    keeps the state at the active positions and at their 3x3 neighbours as
+    rows (`_Table`): the units read their neighbourhoods from it and add
+    their residuals to its active rows, and to the remainder-weighted output
+    increments (see `_sparse_loop`), without gathering from or scattering
+    into the `[B, H, W, C]` state. When positions halt, the table's rows are
+    written back and the table is rebuilt for the smaller set; at the end its
+    output increments are added to the output. The halting heads read the
+    same rows and a running per-image sum of the state for their global
+    term.
+    """
+    batch = tf.shape(x)[0]
+    area = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
+    mask_shape = self._mask_shape(x)
+    channels = x.shape[-1]
+    no_rows = tf.zeros([0, channels], x.dtype)
+    empty = _Table(
+        active=tf.zeros_like(state.active),
+        centres=tf.zeros([0, 3], tf.int64), rows=no_rows, increments=no_rows,
+        border=no_rows, neighbours=tf.zeros([0, 9], tf.int32),
+        state_sum=tf.zeros([batch, channels], x.dtype))
+    rows_shape = tf.TensorShape([None, channels])
+    table_shapes = _Table(
+        active=state.active.shape, centres=tf.TensorShape([None, 3]),
+        rows=rows_shape, increments=rows_shape, border=rows_shape,
+        neighbours=tf.TensorShape([None, 9]),
+        state_sum=tf.TensorShape([None, channels]))
+
+    def write_back(x, output, table):
+      """x and output with the table's rows added back."""
+      x = sparse_lib.add_rows(x, table.centres,
+                              table.rows - tf.gather_nd(x, table.centres))
+      return x, sparse_lib.add_rows(output, table.centres, table.increments)
+
+    def rebuild(x, output, table, active):
+      x, output = write_back(x, output, table)
+      centres = sparse_lib.positions(active)
+      dilated = sparse_lib.dilate(active)
+      rows = tf.gather_nd(x, centres)
+      return x, output, _Table(
+          active=active, centres=centres, rows=rows,
+          increments=tf.zeros_like(rows),
+          border=tf.gather_nd(x, sparse_lib.positions(
+              tf.logical_and(dilated, tf.logical_not(active)))),
+          neighbours=sparse_lib.neighbour_rows(centres, dilated,
+                                               first=active),
+          state_sum=tf.reduce_sum(x, axis=[1, 2]))
+
+    def cond(index, x, output, table, distribution, flops, state):
+      del index, x, output, table, distribution, flops
+      return tf.reduce_any(state.active)
+
+    def body(index, x, output, table, distribution, flops, state):
+      active = state.active
+      has_head = index < len(self.halting_heads)
+      unit, head, mapping = self._shared_weights(index)
+      ones = lambda: tf.ones(mask_shape, x.dtype)
+      with keras.StatelessScope(state_mapping=mapping):
+        unit_flops = unit.flops(tf.shape(x), active)
+        if head is not None:
+          unit_flops += tf.where(has_head, head.flops(tf.shape(x), active),
+                                 tf.zeros_like(unit_flops))
+
+        def dense_step():
+          new_x, new_output = _residual_step(
+              x, unit.dense_residual(x, training), output, state.remainder,
+              active)
+          if head is None:
+            return new_x, new_output, table, ones()
+          call_head = ((lambda: head(new_x, active, training=training))
+                       if self._heads_take_active[1] else
+                       (lambda: head(new_x, training=training)))
+          proba = tf.cond(has_head,
+                          lambda: tf.reshape(call_head(), mask_shape), ones)
+          return new_x, new_output, table, proba
+
+        def table_step():
+          new_x, new_output, new_table = tf.cond(
+              tf.reduce_all(tf.equal(table.active, active)),
+              lambda: (x, output, table),
+              lambda: rebuild(x, output, table, active))
+          residual = unit.residual_from_rows(
+              [new_table.rows, new_table.border], new_table.neighbours)
+          weights = tf.gather_nd(state.remainder, new_table.centres)
+          new_table = new_table._replace(
+              rows=new_table.rows + residual,
+              increments=new_table.increments + weights[:, tf.newaxis]
+              * residual,
+              # A matmul with the images' one-hot rows: several times faster
+              # than tf.math.unsorted_segment_sum here.
+              state_sum=new_table.state_sum + tf.matmul(
+                  tf.one_hot(new_table.centres[:, 0], batch, dtype=x.dtype),
+                  residual, transpose_a=True))
+          if head is None:
+            return new_x, new_output, new_table, ones()
+
+          def scores():
+            rows = head.scores_from_rows(
+                [new_table.rows, new_table.border], new_table.neighbours, new_table.centres,
+                new_table.state_sum / area)
+            return tf.scatter_nd(new_table.centres, rows,
+                                 tf.cast(mask_shape, tf.int64))
+
+          return new_x, new_output, new_table, tf.cond(has_head, scores,
+                                                       ones)
+
+        in_table = tf.reduce_any(table.active)
+        dense = tf.logical_and(
+            tf.logical_not(in_table),
+            tf.not_equal(sparse_lib.choose_path(active, self.dense_fraction),
+                         sparse_lib.GATHERED))
+        new_x, output, table, halting_proba = tf.cond(dense, dense_step,
+                                                      table_step)
+      new_x.set_shape(x.shape)
+      output.set_shape(x.shape)
+      halting_proba.set_shape(active.shape)
+      new_state, weight = halting.update(state, halting_proba, self.eps)
+      return (index + 1, new_x, output, table,
+              self._distribution_step(distribution, weight, index),
+              flops + unit_flops, new_state)
+
+    loop_vars = (tf.constant(1), x, x, empty, distribution, flops, state)
+    invariants = tf.nest.map_structure(lambda t: t.shape, loop_vars)
+    invariants = invariants[:3] + (table_shapes,) + invariants[4:]
+    # The output starts at x_1 (see `_sparse_loop`).
+    _, x, output, table, distribution, flops, state = tf.while_loop(
+        cond, body, loop_vars, shape_invariants=invariants,
+        maximum_iterations=len(self.units) - 1)
+    output = sparse_lib.add_rows(output, table.centres, table.increments)
+    return output, distribution, flops, state
 
   def _weighted_sparse_loop(self, x, output, distribution, flops, state,
                             training):

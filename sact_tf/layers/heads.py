@@ -179,18 +179,43 @@ class SACTHaltingHead(_HaltingHead):
   def _gathered(self, x, active, global_logit):
     centres = sparse_lib.positions(active)
     table_mask = sparse_lib.dilate(active)
-    taps = self._taps(tf.gather_nd(x, sparse_lib.positions(table_mask)),
-                      False)
+    logit = self._logits_from_rows(
+        tf.gather_nd(x, sparse_lib.positions(table_mask)),
+        sparse_lib.neighbour_rows(centres, table_mask), centres,
+        global_logit)
+    return tf.scatter_nd(centres, tf.sigmoid(logit),
+                         tf.shape(x, out_type=tf.int64)[:3])
+
+  def scores_from_rows(self, table, neighbours, centres, pooled):
+    """Halting scores at some positions from the state's rows (inference).
+
+    Args:
+      table: `[m, C]` rows of the state holding every in-image 3x3
+        neighbour of the centres, or a list of row blocks that concatenated
+        form them.
+      neighbours: int32 `[n, 9]`, the centres' windows in `table` (see
+        `sact_tf.sparse.neighbour_rows`).
+      centres: int64 `[n, 3]` positions of the centres.
+      pooled: `[B, C]`, the spatial mean of the state of each image.
+
+    Returns:
+      `[n]`, the scores at the centres.
+    """
+    global_logit = self.global_conv(self._global_features(
+        pooled[:, tf.newaxis, tf.newaxis], False))
+    return tf.sigmoid(self._logits_from_rows(table, neighbours, centres,
+                                             global_logit))
+
+  def _logits_from_rows(self, table, neighbours, centres, global_logit):
+    taps = tf.concat([self._taps(rows, False)
+                      for rows in sparse_lib.row_blocks(table)], axis=1)
     # Column 0 is the zero padding that neighbour_rows points to.
     taps = tf.pad(taps, [[0, 0], [1, 0]])
-    neighbours = sparse_lib.neighbour_rows(centres, table_mask)
     local = tf.reduce_sum(tf.gather(
         tf.reshape(taps, [-1]),
         neighbours + tf.range(9) * tf.shape(taps)[1]), axis=1)
-    logit = (local + self.local_conv.bias[0]
-             + tf.gather(global_logit[:, 0, 0, 0], centres[:, 0]))
-    return tf.scatter_nd(centres, tf.sigmoid(logit),
-                         tf.shape(x, out_type=tf.int64)[:3])
+    return (local + self.local_conv.bias[0]
+            + tf.gather(global_logit[:, 0, 0, 0], centres[:, 0]))
 
   def flops(self, input_shape, active=None):
     global_flops = flops_lib.conv_flops(1, 1, self.channels, 1)

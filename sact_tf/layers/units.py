@@ -175,15 +175,35 @@ class BottleneckUnit(keras.layers.Layer):
     """
     centres = sparse_lib.positions(active)
     table_mask = sparse_lib.dilate(active)
-    preact = tf.nn.relu(sparse_lib.batch_norm_rows(
-        self.preact, tf.gather_nd(x, sparse_lib.positions(table_mask))))
-    residual = tf.nn.relu(sparse_lib.batch_norm_rows(
-        self.conv1_bn, sparse_lib.conv_rows(self.conv1, preact)))
+    return centres, self.residual_from_rows(
+        tf.gather_nd(x, sparse_lib.positions(table_mask)),
+        sparse_lib.neighbour_rows(centres, table_mask))
+
+  def residual_from_rows(self, table, neighbours):
+    """`dense(x) - x` at some centres, from the state's rows around them.
+
+    Inference only (batch norm with its moving statistics).
+
+    Args:
+      table: `[m, depth]` rows of the state holding every in-image 3x3
+        neighbour of the centres, or a list of row blocks that concatenated
+        form them (the 1x1 conv runs on each: no copy of the state rows).
+      neighbours: int32 `[n, 9]`, the centres' windows in `table` (see
+        `sact_tf.sparse.neighbour_rows`).
+
+    Returns:
+      `[n, depth]`, the residual at the centres.
+    """
+    def conv1(rows):
+      preact = tf.nn.relu(sparse_lib.batch_norm_rows(self.preact, rows))
+      return tf.nn.relu(sparse_lib.batch_norm_rows(
+          self.conv1_bn, sparse_lib.conv_rows(self.conv1, preact)))
+
     residual = sparse_lib.im2col(
-        residual, sparse_lib.neighbour_rows(centres, table_mask))
+        [conv1(rows) for rows in sparse_lib.row_blocks(table)], neighbours)
     residual = tf.nn.relu(sparse_lib.batch_norm_rows(
         self.conv2_bn, sparse_lib.conv_rows(self.conv2, residual)))
-    return centres, sparse_lib.conv_rows(self.conv3, residual)
+    return sparse_lib.conv_rows(self.conv3, residual)
 
   def compute_output_shape(self, input_shape):
     def out(size):
