@@ -1,22 +1,24 @@
 r"""Where the sparse SACT path spends its time (the README's profile).
 
-  python -m benchmarks.sparse_profile        # about 3 minutes on 2 cores
+  python -m benchmarks.sparse_profile        # about 4 minutes on 2 cores
 
 Block-3 sizes of a ResNet-101 at 600x1000 input (38x63 positions, 1024
 channels, bottleneck 256), random weights, inference, a centred blob of a
 fraction f of the positions active. Medians of interleaved runs in one
 process; run it on a quiet machine.
 
-1. One unit: dense; gathered; gathered without adding its rows back into the
-   state; and the unit's FLOPs share under the mask.
+1. One unit: dense; gathered from and added back into the `[B, H, W, C]`
+   state (`gathered_residual` + `sparse.add_rows`, what a unit called on
+   its own does); from the rows of `SACTBlock`'s table (`residual_from_rows`
+   plus the row updates of a loop step); and the unit's FLOPs share.
 2. The in-place row add (`sparse.add_rows`) in a while loop, against
    `tf.tensor_scatter_nd_add`, which copies the state.
-3. The weighted sum of eq. 8 in a while loop of 22 units: XLA-compiled
-   (`blocks._add_weighted`) against plain TensorFlow, at block-1 and block-3
-   state sizes.
+3. The state and output update of a densely evaluated unit in a while loop
+   of 22 units: XLA-compiled (`blocks._residual_step`) against plain
+   TensorFlow, at block-1 and block-3 state sizes.
 4. A 23-unit SACT block (forced halting) against the plain block, and the
-   same block calling one unit directly instead of through the per-unit
-   `tf.switch_case` (an upper bound of what removing the switch could save).
+   same block with a graph per unit (`tf.switch_case` over whole units, and
+   every unit gathering from and scattering into the state).
 """
 
 import time
@@ -54,32 +56,34 @@ def unit_section(x):
   rows = []
   for fraction in (0.25, 0.5):
     active = tf.constant(blob(HEIGHT, WIDTH, fraction)[np.newaxis])
+    centres = sparse_lib.positions(active)
+    dilated = sparse_lib.dilate(active)
+    table = tf.gather_nd(x, centres)
+    border = tf.gather_nd(x, sparse_lib.positions(dilated & ~active))
+    neighbours = sparse_lib.neighbour_rows(centres, dilated, first=active)
+    weights = tf.random.uniform(tf.shape(centres)[:1])
 
-    def without_add_back(active=active):
-      centres = sparse_lib.positions(active)
-      table_mask = sparse_lib.dilate(active)
-      r = tf.nn.relu(sparse_lib.batch_norm_rows(
-          unit.preact, tf.gather_nd(x, sparse_lib.positions(table_mask))))
-      r = tf.nn.relu(sparse_lib.batch_norm_rows(
-          unit.conv1_bn, sparse_lib.conv_rows(unit.conv1, r)))
-      r = sparse_lib.im2col(r, sparse_lib.neighbour_rows(centres, table_mask))
-      r = tf.nn.relu(sparse_lib.batch_norm_rows(
-          unit.conv2_bn, sparse_lib.conv_rows(unit.conv2, r)))
-      return sparse_lib.conv_rows(unit.conv3, r)
+    def from_rows(table=table, border=border, neighbours=neighbours,
+                  weights=weights):
+      residual = unit.residual_from_rows([table, border], neighbours)
+      return table + residual, table + weights[:, tf.newaxis] * residual
 
     times = medians({
         'dense': tf.function(lambda: unit.dense(x, False)),
         'gathered': tf.function(lambda a=active: unit.gathered(x, a)),
-        'no add-back': tf.function(without_add_back),
+        'rows': tf.function(from_rows),
     })
     share = float(unit.flops(tf.shape(x), active)[0]) / float(
         unit.flops(tf.shape(x), None))
-    rows.append(f'| {fraction} | {times["dense"]:.1f} | {times["gathered"]:.1f}'
-                f' | {times["no add-back"]:.1f} | {share:.3f} | '
-                f'{times["gathered"] / times["dense"] / share:.2f} |')
+    ratio = lambda name: times[name] / times['dense'] / share
+    rows.append(f'| {fraction} | {times["dense"]:.1f} | '
+                f'{times["gathered"]:.1f} | {times["rows"]:.1f} | '
+                f'{share:.3f} | {ratio("gathered"):.2f} | '
+                f'{ratio("rows"):.2f} |')
   print('1. One block-3 unit (ms)\n'
-        '| f | dense | gathered | gathered, no add-back | FLOPs share | '
-        'time share / FLOPs share |\n|---|---:|---:|---:|---:|---:|')
+        '| f | dense | gathered + added back | from table rows | FLOPs share '
+        '| time / FLOPs share, gathered | from rows |\n'
+        '|---|---:|---:|---:|---:|---:|---:|')
   print('\n'.join(rows) + '\n')
 
 
@@ -111,33 +115,42 @@ def add_back_section(x):
         '\n')
 
 
-def weighted_sum_section():
-  print('3. Weighted sum of eq. 8, per loop iteration (ms)\n'
-        '| state | XLA | plain TF |\n|---|---:|---:|')
+def residual_step_section():
+  print('3. State and output update of a dense unit, per loop iteration '
+        '(ms); the plain network\'s unit pays the state update only\n'
+        '| state | XLA (`_residual_step`) | plain TF | state update only |\n'
+        '|---|---:|---:|---:|')
   for shape in ((1, 150, 250, 256), (1, HEIGHT, WIDTH, DEPTH)):
     x = tf.random.normal(shape)
-    weight = tf.random.uniform(shape[:3])
+    residual = tf.random.normal(shape)
+    remainder = tf.random.uniform(shape[:3])
+    active = remainder > 0.1
+
+    def plain(x, output):
+      mask = active[..., tf.newaxis]
+      return (tf.where(mask, x + residual, x), output
+              + tf.where(mask, remainder[..., tf.newaxis], 0.0) * residual)
+
+    def loop(step):
+      @tf.function
+      def run():
+        return tf.while_loop(lambda i, x, o: i < LOOP,
+                             lambda i, x, o: (i + 1, *step(x, o)),
+                             (0, x, tf.zeros_like(x)))[1:]
+      return run
+
     times = medians({
-        'xla': loop_of(lambda o, x: blocks_lib._add_weighted(  # pylint: disable=protected-access
-            o, weight, x), x),
-        'plain': loop_of(lambda o, x: o + weight[..., tf.newaxis] * x, x),
+        'xla': loop(lambda x, o: blocks_lib._residual_step(  # pylint: disable=protected-access
+            x, residual, o, remainder, active)),
+        'plain': loop(plain),
+        'state only': loop(lambda x, o: (x + residual, o)),
     })
     print(f'| {"x".join(map(str, shape[1:]))} | {times["xla"] / LOOP:.2f} | '
-          f'{times["plain"] / LOOP:.2f} |')
+          f'{times["plain"] / LOOP:.2f} | {times["state only"] / LOOP:.2f} |')
   print()
 
 
-class OneUnitBlock(blocks_lib.SACTBlock):
-  """Calls unit 2 for every loop step: no per-unit switch (timing only)."""
-
-  def _next_unit(self, index, x, active, training, unit_active):
-    new_x, halting_proba, flops = self._evaluate(1, x, active, training,
-                                                 unit_active)
-    new_x.set_shape(x.shape)
-    return new_x, halting_proba, flops
-
-
-def switch_section(x):
+def block_section(x):
   make_units = lambda: [units_lib.BottleneckUnit(DEPTH, BOTTLENECK, 1)
                         for _ in range(UNITS)]
   functions = {}
@@ -145,20 +158,21 @@ def switch_section(x):
   functions['plain'] = tf.function(lambda: plain(x)['output'])
   for fraction in (0.25, 1.0):
     scores = np.where(blob(HEIGHT, WIDTH, fraction), 0.0, 1.0)
-    for name, cls in (('switch', blocks_lib.SACTBlock),
-                      ('one unit', OneUnitBlock)):
+    for name in ('shared', 'per unit'):
       heads = [FixedHaltingHead(scores if u == 0 else 0.0, True)
                for u in range(UNITS - 1)]
-      block = cls(make_units(), heads)
+      block = blocks_lib.SACTBlock(make_units(), heads)
+      # pylint: disable-next=protected-access
+      block._loop_shares_graph = name == 'shared'
       functions[(fraction, name)] = tf.function(
           lambda b=block: b(x, training=False)['output'])
   times = medians(functions, runs=7)
   print(f'4. A {UNITS}-unit block-3-sized block (ms); plain block '
-        f'{times["plain"]:.1f}\n| f | SACT | SACT without the switch |\n'
+        f'{times["plain"]:.1f}\n| f | SACT | SACT, a graph per unit |\n'
         '|---|---:|---:|')
   for fraction in (0.25, 1.0):
-    print(f'| {fraction} | {times[(fraction, "switch")]:.1f} | '
-          f'{times[(fraction, "one unit")]:.1f} |')
+    print(f'| {fraction} | {times[(fraction, "shared")]:.1f} | '
+          f'{times[(fraction, "per unit")]:.1f} |')
 
 
 def main(argv):
@@ -166,8 +180,8 @@ def main(argv):
   x = tf.random.normal([1, HEIGHT, WIDTH, DEPTH], seed=0)
   unit_section(x)
   add_back_section(x)
-  weighted_sum_section()
-  switch_section(x)
+  residual_step_section()
+  block_section(x)
 
 
 if __name__ == '__main__':

@@ -82,6 +82,26 @@ def test_im2col_matches_a_numpy_window_gather(size):
                                 np.reshape(expected, columns.shape))
 
 
+@pytest.mark.parametrize('size', SIZES)
+def test_im2col_with_the_active_rows_first(size):
+  # The SACT block's table: active rows, then the rest of the dilated set,
+  # given as two row blocks.
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(*size, 3)).astype(np.float32)
+  active = random_mask(size, 0.3, 7) | MASKS['corner'](size)
+  dilated = sparse.dilate(active)
+  centres = sparse.positions(active)
+  border = tf.gather_nd(x, sparse.positions(dilated & ~active))
+  columns = sparse.im2col(
+      [tf.gather_nd(x, centres), border],
+      sparse.neighbour_rows(centres, dilated, first=active))
+  padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+  expected = [padded[b, i:i + 3, j:j + 3].reshape(-1)
+              for b, i, j in centres.numpy()]
+  np.testing.assert_array_equal(columns.numpy(),
+                                np.reshape(expected, columns.shape))
+
+
 def test_choose_path():
   size = (2, 4, 5)
   cases = [(MASKS['empty'](size), 0.8, sparse.NOTHING_ACTIVE),
@@ -383,6 +403,85 @@ def test_gradients_through_the_sparse_path(block_cls):
     assert expected is not None
     assert relative_error(actual, expected) <= 1e-4
   assert len(np.unique(dense(x)['num_units'])) >= 3
+
+
+def test_sact_bottleneck_blocks_run_the_table_loop(monkeypatch):
+  calls = []
+  original = blocks.SACTBlock._table_loop
+
+  def spy(self, *args, **kwargs):
+    calls.append(self.name)
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(blocks.SACTBlock, '_table_loop', spy)
+  block, x = mixed_halting_case(blocks.SACTBlock)
+  expected = assert_sparse_equals_dense(block, x)
+  assert calls and len(np.unique(expected['num_units'])) >= 3
+
+
+def chained_units_reference(block, x, num_units):
+  """The states after each unit, calling the units one after the other
+  (no loop, no weight selection), unit n+1 where N > n."""
+  states = [block.units[0](x, None, training=False)]
+  for n, unit in enumerate(block.units[1:], 1):
+    states.append(unit(states[-1], tf.constant(num_units > n),
+                       training=False))
+  return states
+
+
+@pytest.mark.parametrize('block_cls', [blocks.ACTBlock, blocks.SACTBlock])
+@pytest.mark.parametrize('sparse_flag', [True, False])
+def test_each_unit_runs_with_its_own_weights(block_cls, sparse_flag):
+  # The inference loop runs unit 2's graph with the weights of the unit the
+  # loop is at: compare with calling every unit directly.
+  block, x = mixed_halting_case(block_cls)
+  block = clone(block, sparse=sparse_flag)
+  assert block._loop_shares_graph  # pylint: disable=protected-access
+  out = block(x, training=False)
+  distribution = out['halting_distribution'].numpy()
+  states = chained_units_reference(block, x, out['num_units'].numpy())
+  weights = distribution if block_cls is blocks.SACTBlock else (
+      distribution[:, None, None, :])
+  expected = sum(weights[..., n, None] * states[n].numpy()
+                 for n in range(len(block.units)))
+  assert relative_error(out['output'], expected) <= 1e-4
+
+
+@pytest.mark.parametrize('block_cls', [blocks.ACTBlock, blocks.SACTBlock])
+def test_shared_graph_equals_a_graph_per_unit(block_cls):
+  # Outputs and gradients of the inference loop against the per-unit
+  # tf.switch_case branches (what training-mode calls use).
+  block, x = mixed_halting_case(block_cls)
+  per_unit = clone(block)
+  per_unit._loop_shares_graph = False  # pylint: disable=protected-access
+  results = []
+  for layer in (block, per_unit):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      out = layer(x, training=False)
+      loss = (tf.reduce_sum(out['output'] ** 2)
+              + 3.0 * tf.reduce_sum(out['ponder_cost']))
+    results.append((out, tape.gradient(loss, [x] + layer.trainable_variables)))
+  (out, grads), (expected, expected_grads) = results
+  assert_same_block_outputs(out, expected)
+  for actual, wanted in zip(grads, expected_grads):
+    assert wanted is not None
+    assert relative_error(actual, wanted) <= 1e-4
+
+
+def test_layers_that_do_not_declare_it_get_a_graph_per_unit():
+  unit_list = [units.BottleneckUnit(8, 2) for _ in range(3)]
+
+  class Head(heads.SACTHaltingHead):
+    config_and_weights_only = False
+
+  block = blocks.SACTBlock(unit_list, [Head(), Head()])
+  assert not block._loop_shares_graph  # pylint: disable=protected-access
+  unlike = blocks.SACTBlock(
+      [units.BottleneckUnit(8, 2), units.BottleneckUnit(8, 2),
+       units.BottleneckUnit(8, 2, bn_epsilon=1e-3)],
+      [heads.SACTHaltingHead(), heads.SACTHaltingHead()])
+  assert not unlike._loop_shares_graph  # pylint: disable=protected-access
 
 
 # --- models ----------------------------------------------------------------

@@ -13,6 +13,13 @@ Calling a block returns a dict:
   halting_distribution: `[B, L]` or `[B, H, W, L]`, the weights p.
   flops: int64 `[B]`, FLOPs of the units and heads actually evaluated.
 
+Inference (`training` falsy) runs units 2..L as one graph: the loop selects
+the variables of the unit it is at (a `tf.switch_case` that only reads
+variables) and runs unit 2's graph with them (`keras.StatelessScope`), when
+the units, and the heads, are of one class with equal configs that declares
+`config_and_weights_only`; otherwise, and in training mode, a
+`tf.switch_case` holds a graph per unit.
+
 Sparse execution (`sparse=True`, the default, with `training` falsy):
   ACT: the units run on the images still active only. The block keeps the
     state of those images as a working batch, evaluates each unit and halting
@@ -21,10 +28,15 @@ Sparse execution (`sparse=True`, the default, with `training` falsy):
     in the block rather than in the units because the working batch carries
     over from unit to unit: an image leaves it once, when it halts, instead
     of every unit gathering and scattering the active images.
-  SACT: the units and halting heads are told the active positions and
-    evaluate there only (see `sact_tf.layers.units`); below
-    `dense_fraction` active, the block also adds the weighted states to its
-    output at the active positions only.
+  SACT: while at least `dense_fraction` of the positions are active the
+    units compute densely. Below it, the block keeps the state at the active
+    positions and their 3x3 neighbours as a table of rows, which the units
+    (`residual_from_rows`) and halting heads (`scores_from_rows`) read and
+    the units add their residuals to; it is rebuilt when positions halt (see
+    `SACTBlock._table_loop`). Units without that interface are told the
+    active positions and evaluate there only (see `sact_tf.layers.units`).
+  Both add the units' remainder-weighted residuals to the output, which
+  equals the weighted sum of eq. 8 (see `SACTBlock._sparse_loop`).
 Training-mode calls evaluate densely and mask, as the authors' code did:
 batch-norm statistics over the gathered images or positions would differ.
 Either way the outputs agree up to float rounding, and the ponder costs and
@@ -114,16 +126,21 @@ _Table.__doc__ = """The state around the active positions of `SACTBlock`.
 
 
 @tf.function(jit_compile=True)
-def _residual_step(x, residual, output, remainder, active):
+def _residual_step(x, residual, output, remainder, active=None):
   """A unit's residual added to the state and, weighted, to the output.
 
-  Returns (x + residual, output + remainder * residual) where `active`
-  (`[B, H, W]`), x and output elsewhere: one pass over the state (XLA) for
-  the dense evaluation of `SACTBlock`'s sparse loop.
+  Returns (x + residual, output + remainder * residual), with `remainder`
+  `[B]` (ACT) or `[B, H, W]` (SACT), and only where `active` (`[B, H, W]`,
+  None: everywhere): one pass over the states (XLA) for the units that
+  `ACTBlock` and `SACTBlock` evaluate densely at inference. (See
+  `SACTBlock._sparse_loop` for why this sum is the block output.)
   """
+  weight = _expand_to_state(remainder)
+  if active is None:
+    return x + residual, output + weight * residual
   mask = active[..., tf.newaxis]
   return (tf.where(mask, x + residual, x),
-          output + tf.where(mask, remainder[..., tf.newaxis], 0.0) * residual)
+          output + tf.where(mask, weight, 0.0) * residual)
 
 
 class _Block(keras.layers.Layer):
@@ -449,8 +466,16 @@ class ACTBlock(_HaltingBlock):
   spatial = False
 
   def _sparse_loop(self, x, output, distribution, flops, state, training):
-    """Units 2..L on a shrinking working batch of the active images."""
+    """Units 2..L on a shrinking working batch of the active images.
+
+    With units that have `dense_residual`, the output is accumulated as in
+    `SACTBlock._sparse_loop`: x_1 plus the remainder-weighted residuals.
+    """
     batch = tf.shape(x)[0]
+    residual_form = all(hasattr(unit, 'dense_residual')
+                        for unit in self.units[1:])
+    if residual_form:
+      output = x
 
     def retire(done, images, output, keep):
       """Adds the outputs of the working images not in `keep` to `done`."""
@@ -473,15 +498,24 @@ class ACTBlock(_HaltingBlock):
 
       x, output, images, done = tf.cond(
           tf.reduce_all(keep), lambda: (x, output, images, done), drop_halted)
-      new_x, halting_proba, unit_flops, _ = self._next_unit(
-          index, x, state.active, training, None)
+      step = None
+      if residual_form:
+        remainder = tf.gather(state.remainder, images)
+        step = lambda unit, x, output: _residual_step(
+            x, unit.dense_residual(x, training), output, remainder)
+      new_x, halting_proba, unit_flops, new_output = self._next_unit(
+          index, x, state.active, training, None, step, output)
       # The halting state stays batch-sized; scores of halted images are
       # ignored by halting.update.
       halting_proba = tf.scatter_nd(images[:, tf.newaxis], halting_proba,
                                     [batch])
       halting_proba.set_shape(state.active.shape)
       new_state, weight = halting.update(state, halting_proba, self.eps)
-      output = _add_weighted(output, tf.gather(weight, images), new_x)
+      if residual_form:
+        output = new_output
+        output.set_shape(x.shape)
+      else:
+        output = _add_weighted(output, tf.gather(weight, images), new_x)
       return (index + 1, new_x, output, images, done,
               self._distribution_step(distribution, weight, index),
               flops + unit_flops, new_state)

@@ -7,6 +7,8 @@
 A head whose `call` takes an `active` argument (`SACTHaltingHead`) is told by
 the block where its scores are used: the positions its unit has just
 evaluated. Elsewhere its scores may be anything in [0, 1].
+`SACTHaltingHead.scores_from_rows` gives the scores from the rows of the
+state that `sact_tf.layers.SACTBlock` keeps around the active positions.
 """
 
 import keras

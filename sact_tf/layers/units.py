@@ -26,6 +26,12 @@ evaluation up to float rounding. Training-mode calls and `[B]` masks (ACT)
 compute densely and mask: batch statistics over gathered positions would
 differ from those of the dense computation, and `sact_tf.layers.ACTBlock`
 compacts its batch itself. `sparse=False` always computes densely and masks.
+
+For the blocks' inference loops the units also give their residual
+branch alone (new state = x + residual, for units under a mask):
+`dense_residual(x, training)` everywhere, `gathered_residual(x, active)` at
+the active positions, and (`BottleneckUnit`) `residual_from_rows(table,
+neighbours)` from rows of the state that `sact_tf.layers.SACTBlock` keeps.
 """
 
 import keras
