@@ -278,14 +278,19 @@ class _HaltingBlock(_Block):
     return shape[:3] if self.spatial else shape[:1]
 
   def _next_unit(self, index, x, active, training, unit_active, step=None,
-                 output=None):
-    """Units 2..L chosen by the loop index: `_evaluate` of unit `index`."""
-    if training or not self._loop_shares_graph:
+                 output=None, loop_weights=None):
+    """Units 2..L chosen by the loop index: `_evaluate` of unit `index`.
+
+    `loop_weights`: from `_loop_weights`, built before the loop (None: a
+    graph per unit).
+    """
+    if loop_weights is None:
       new_x, halting_proba, flops, output = self._switch_units(
           index, x, active, training, unit_active, step, output)
     else:
       new_x, halting_proba, flops, output = self._shared_graph_unit(
-          index, x, active, training, unit_active, step, output)
+          index, x, active, training, unit_active, step, output,
+          loop_weights)
     new_x.set_shape(x.shape)
     return new_x, halting_proba, flops, output
 
@@ -300,43 +305,61 @@ class _HaltingBlock(_Block):
     return tf.switch_case(
         index - 1, [branch(k) for k in range(1, len(self.units))])
 
-  def _shared_weights(self, index):
-    """(unit, head, mapping): unit 2 and head 2 (None if the block has no
-    head after unit 2), and a `keras.StatelessScope` mapping that gives
-    their variables the values of unit `index` and its head (any head's for
-    the last unit, which has none). See `_shared_graph_unit`."""
+  def _loop_weights(self, training):
+    """What `_shared_weights` reads, built before a loop; None for a
+    `tf.switch_case` over a graph per unit (training, or layers that do not
+    share a graph).
+
+    Per variable of unit 2 (and head 2), a `tf.TensorArray` of that variable
+    in units 2..L (heads 2..L-1, and the last head again for unit L, which
+    has none). Writing and reading a variable's value copies nothing, and
+    the reads are differentiable, so gradients reach every unit's variables.
+    """
+    if training or not self._loop_shares_graph:
+      return None
     unit = self.units[1]
     heads = self.halting_heads[1:]
     head = heads[0] if heads else None
+    layers = [[self.units[k]] + ([heads[min(k, len(heads)) - 1]] if heads
+                                 else [])
+              for k in range(1, len(self.units))]
     template = unit.variables + (head.variables if head else [])
+    arrays = []
+    for slot, variable in enumerate(template):
+      array = tf.TensorArray(variable.dtype, size=len(layers),
+                             element_shape=variable.shape,
+                             clear_after_read=False)
+      for k, unit_layers in enumerate(layers):
+        values = [v for layer in unit_layers for v in layer.variables]
+        array = array.write(k, tf.convert_to_tensor(values[slot]))
+      arrays.append(array)
+    return unit, head, template, arrays
 
-    def read(k):
-      variables = self.units[k].variables
-      if heads:
-        variables = variables + heads[min(k, len(heads)) - 1].variables
-      return lambda: [tf.convert_to_tensor(v) for v in variables]
-
-    values = []
-    if template:
-      values = tf.switch_case(index - 1,
-                              [read(k) for k in range(1, len(self.units))])
-    for variable, value in zip(template, values):
+  def _shared_weights(self, index, loop_weights):
+    """(unit, head, mapping): unit 2 and head 2 (None if the block has no
+    head after unit 2), and a `keras.StatelessScope` mapping that gives
+    their variables the values of unit `index` and its head (any head's for
+    the last unit, which has none), from `_loop_weights`. See
+    `_shared_graph_unit`."""
+    unit, head, template, arrays = loop_weights
+    mapping = []
+    for variable, array in zip(template, arrays):
+      value = array.read(index - 1)
       value.set_shape(variable.shape)
-    return unit, head, list(zip(template, values))
+      mapping.append((variable, value))
+    return unit, head, mapping
 
   def _shared_graph_unit(self, index, x, active, training, unit_active, step,
-                         output):
+                         output, loop_weights):
     """Unit `index` as the graph of unit 2 run with unit `index`'s weights.
 
-    A switch whose branches only read variables costs a fraction of one
-    whose branches hold every unit's whole graph: `tf.switch_case` lowers to
-    Switch / Merge nodes, and the untaken branches' nodes are still visited
-    on every step (`python -m benchmarks.sparse_profile`). The values are
-    read inside the switch, so gradients reach every unit's variables.
-    Used when `_loop_shares_graph`, at inference only: a training-mode batch
-    norm updates its own variables.
+    A `tf.switch_case` over a graph per unit costs about 1 ms per loop step
+    in a 23-unit block: it lowers to Switch / Merge nodes, and the untaken
+    branches' nodes are still visited on every step (`python -m
+    benchmarks.sparse_profile`). Used when `_loop_shares_graph`, at
+    inference only: a training-mode batch norm updates its own variables.
     """
-    unit, head, mapping = self._shared_weights(index)
+    unit, head, mapping = self._shared_weights(index, loop_weights)
     with keras.StatelessScope(state_mapping=mapping):
       flops = unit.flops(tf.shape(x), active)
       step = step or self._plain_step(training, unit_active)
@@ -419,10 +442,12 @@ class _HaltingBlock(_Block):
       del index, x, output, distribution, flops
       return tf.reduce_any(state.active)
 
+    loop_weights = self._loop_weights(training)
+
     def body(index, x, output, distribution, flops, state):
       new_x, halting_proba, unit_flops, output = self._next_unit(
           index, x, state.active, training, state.active,
-          make_step(state) if make_step else None, output)
+          make_step(state) if make_step else None, output, loop_weights)
       new_state, weight = halting.update(state, halting_proba, self.eps)
       if accumulate is not None:
         output = accumulate(output, weight, new_x, state.active)
@@ -474,6 +499,7 @@ class ACTBlock(_HaltingBlock):
     batch = tf.shape(x)[0]
     residual_form = all(hasattr(unit, 'dense_residual')
                         for unit in self.units[1:])
+    loop_weights = self._loop_weights(training)
     if residual_form:
       output = x
 
@@ -504,7 +530,7 @@ class ACTBlock(_HaltingBlock):
         step = lambda unit, x, output: _residual_step(
             x, unit.dense_residual(x, training), output, remainder)
       new_x, halting_proba, unit_flops, new_output = self._next_unit(
-          index, x, state.active, training, None, step, output)
+          index, x, state.active, training, None, step, output, loop_weights)
       # The halting state stays batch-sized; scores of halted images are
       # ignored by halting.update.
       halting_proba = tf.scatter_nd(images[:, tf.newaxis], halting_proba,
@@ -661,6 +687,8 @@ class SACTBlock(_HaltingBlock):
                                                first=active),
           state_sum=tf.reduce_sum(x, axis=[1, 2]))
 
+    loop_weights = self._loop_weights(training)
+
     def cond(index, x, output, table, distribution, flops, state):
       del index, x, output, table, distribution, flops
       return tf.reduce_any(state.active)
@@ -668,7 +696,7 @@ class SACTBlock(_HaltingBlock):
     def body(index, x, output, table, distribution, flops, state):
       active = state.active
       has_head = index < len(self.halting_heads)
-      unit, head, mapping = self._shared_weights(index)
+      unit, head, mapping = self._shared_weights(index, loop_weights)
       ones = lambda: tf.ones(mask_shape, x.dtype)
       with keras.StatelessScope(state_mapping=mapping):
         unit_flops = unit.flops(tf.shape(x), active)
