@@ -493,15 +493,14 @@ class ACTBlock(_HaltingBlock):
   def _sparse_loop(self, x, output, distribution, flops, state, training):
     """Units 2..L on a shrinking working batch of the active images.
 
-    With units that have `dense_residual`, the output is accumulated as in
-    `SACTBlock._sparse_loop`: x_1 plus the remainder-weighted residuals.
+    Units with `dense_residual` run in `_residual_compaction_loop`; for the
+    others the working batch carries the weighted sum of eq. 8.
     """
+    if all(hasattr(unit, 'dense_residual') for unit in self.units[1:]):
+      return self._residual_compaction_loop(x, distribution, flops, state,
+                                            training)
     batch = tf.shape(x)[0]
-    residual_form = all(hasattr(unit, 'dense_residual')
-                        for unit in self.units[1:])
     loop_weights = self._loop_weights(training)
-    if residual_form:
-      output = x
 
     def retire(done, images, output, keep):
       """Adds the outputs of the working images not in `keep` to `done`."""
@@ -524,24 +523,15 @@ class ACTBlock(_HaltingBlock):
 
       x, output, images, done = tf.cond(
           tf.reduce_all(keep), lambda: (x, output, images, done), drop_halted)
-      step = None
-      if residual_form:
-        remainder = tf.gather(state.remainder, images)
-        step = lambda unit, x, output: _residual_step(
-            x, unit.dense_residual(x, training), output, remainder)
-      new_x, halting_proba, unit_flops, new_output = self._next_unit(
-          index, x, state.active, training, None, step, output, loop_weights)
+      new_x, halting_proba, unit_flops, _ = self._next_unit(
+          index, x, state.active, training, None, loop_weights=loop_weights)
       # The halting state stays batch-sized; scores of halted images are
       # ignored by halting.update.
       halting_proba = tf.scatter_nd(images[:, tf.newaxis], halting_proba,
                                     [batch])
       halting_proba.set_shape(state.active.shape)
       new_state, weight = halting.update(state, halting_proba, self.eps)
-      if residual_form:
-        output = new_output
-        output.set_shape(x.shape)
-      else:
-        output = _add_weighted(output, tf.gather(weight, images), new_x)
+      output = _add_weighted(output, tf.gather(weight, images), new_x)
       return (index + 1, new_x, output, images, done,
               self._distribution_step(distribution, weight, index),
               flops + unit_flops, new_state)
@@ -558,6 +548,72 @@ class ACTBlock(_HaltingBlock):
         cond, body, loop_vars, shape_invariants=invariants,
         maximum_iterations=len(self.units) - 1)
     output = retire(done, images, output, tf.zeros_like(images, tf.bool))
+    return output, distribution, flops, state
+
+  def _residual_compaction_loop(self, x, distribution, flops, state,
+                                training):
+    """Units 2..L on the active images, adding remainder-weighted residuals.
+
+    The output is x_1 plus the units' remainder-weighted residuals (see
+    `SACTBlock._sparse_loop`). `done` starts as x_1, the output of every
+    image that halts at the first unit; the working batch carries the
+    states of the active images and their output increments over x_1,
+    which are added to `done` when images halt and at the end. Images
+    halted at the first unit never enter the working batch.
+    """
+    batch = tf.shape(x)[0]
+    loop_weights = self._loop_weights(training)
+
+    def leave(done, images, increments, halted):
+      return sparse_lib.add_rows(
+          done, tf.boolean_mask(images, halted)[:, tf.newaxis],
+          tf.boolean_mask(increments, halted))
+
+    def cond(index, x, increments, images, done, distribution, flops,
+             state):
+      del index, x, increments, images, done, distribution, flops
+      return tf.reduce_any(state.active)
+
+    def body(index, x, increments, images, done, distribution, flops, state):
+      keep = tf.gather(state.active, images)
+
+      def drop_halted():
+        return (tf.boolean_mask(x, keep), tf.boolean_mask(increments, keep),
+                tf.boolean_mask(images, keep),
+                leave(done, images, increments, tf.logical_not(keep)))
+
+      x, increments, images, done = tf.cond(
+          tf.reduce_all(keep), lambda: (x, increments, images, done),
+          drop_halted)
+      remainder = tf.gather(state.remainder, images)
+      step = lambda unit, x, increments: _residual_step(
+          x, unit.dense_residual(x, training), increments, remainder)
+      new_x, halting_proba, unit_flops, increments = self._next_unit(
+          index, x, state.active, training, None, step, increments,
+          loop_weights)
+      increments.set_shape(x.shape)
+      # The halting state stays batch-sized; scores of halted images are
+      # ignored by halting.update.
+      halting_proba = tf.scatter_nd(images[:, tf.newaxis], halting_proba,
+                                    [batch])
+      halting_proba.set_shape(state.active.shape)
+      new_state, weight = halting.update(state, halting_proba, self.eps)
+      return (index + 1, new_x, increments, images, done,
+              self._distribution_step(distribution, weight, index),
+              flops + unit_flops, new_state)
+
+    images = tf.cast(tf.where(state.active)[:, 0], tf.int32)
+    working = tf.gather(x, images)
+    loop_vars = (tf.constant(1), working, tf.zeros_like(working), images, x,
+                 distribution, flops, state)
+    invariants = tf.nest.map_structure(lambda t: t.shape, loop_vars)
+    rows = tf.TensorShape([None, *x.shape[1:]])
+    invariants = ((invariants[0], rows, rows, tf.TensorShape([None]))
+                  + invariants[4:])
+    _, _, increments, images, done, distribution, flops, state = (
+        tf.while_loop(cond, body, loop_vars, shape_invariants=invariants,
+                      maximum_iterations=len(self.units) - 1))
+    output = sparse_lib.add_rows(done, images[:, tf.newaxis], increments)
     return output, distribution, flops, state
 
 
