@@ -631,7 +631,9 @@ class SACTBlock(_HaltingBlock):
       `sparse` attribute (`BottleneckUnit`, `CifarUnit`, `SACTHaltingHead`).
     dense_fraction: active fraction of the batch's positions from which
       units, heads and the block compute densely and mask instead, in
-      (0, 1]; set on the units and heads like `sparse`.
+      (0, 1]; set on the units and heads like `sparse`. The sparse loop
+      computes densely until the active fraction first falls below it and
+      on the table of rows from then on (see `_table_loop`).
   """
 
   spatial = True
