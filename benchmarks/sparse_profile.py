@@ -24,13 +24,11 @@ process; run it on a quiet machine.
    branch alone, as the compacted loop runs it, and the whole unit.
 """
 
-import time
-
 from absl import app
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.sparse_speed import FixedHaltingHead, blob
+from benchmarks.sparse_speed import FixedHaltingHead, blob, median_times
 from sact_tf import sparse as sparse_lib
 from sact_tf.layers import blocks as blocks_lib
 from sact_tf.layers import units as units_lib
@@ -41,16 +39,8 @@ LOOP = 22
 
 def medians(functions, runs=9, warmup=2):
   """Median wall milliseconds per call, runs interleaved."""
-  for fn in functions.values():
-    for _ in range(warmup):
-      fn()
-  samples = {name: [] for name in functions}
-  for _ in range(runs):
-    for name, fn in functions.items():
-      start = time.perf_counter()
-      fn()
-      samples[name].append(time.perf_counter() - start)
-  return {name: 1000 * float(np.median(s)) for name, s in samples.items()}
+  times = median_times(functions, runs, warmup)
+  return {name: 1000 * float(timing.wall) for name, timing in times.items()}
 
 
 def unit_section(x):

@@ -78,10 +78,8 @@ def _add_weighted(output, weight, state):
   """output + weight * state, with `weight` `[B]` or `[B, H, W]`.
 
   XLA fuses this into one pass over the state instead of a multiply and an
-  add (`python -m benchmarks.sparse_profile`: 0.60 instead of 1.00 ms per
-  unit for a block-3 state at 600x1000, 3.2 instead of 4.6 ms for block 1);
-  this is the cost SACT adds to a unit when everything is active. The
-  gathering paths stay off XLA, which made them slower.
+  add. The sparse loops use it for units without `dense_residual`; the
+  library's units go through `_residual_step`.
   """
   return output + _expand_to_state(weight) * state
 
@@ -257,16 +255,22 @@ class _HaltingBlock(_Block):
     mask_shape = self._mask_shape(x)
     if index < len(self.halting_heads):
       head = self.halting_heads[index]
-      if self._heads_take_active[index]:
-        halting_proba = head(x, unit_active, training=training)
-      else:
-        halting_proba = head(x, training=training)
-      halting_proba = tf.reshape(halting_proba, mask_shape)
+      halting_proba = self._call_head(head, self._heads_take_active[index], x,
+                                      unit_active, training)
       flops += head.flops(tf.shape(x), active)
     else:
       halting_proba = tf.ones(mask_shape, x.dtype)
     batch = tf.shape(x if active is None else active)[:1]
     return x, halting_proba, tf.broadcast_to(flops, batch), output
+
+  def _call_head(self, head, takes_active, x, active, training):
+    """`head`'s scores on `x` in the shape of `x`'s mask; `active` goes to
+    heads that take it."""
+    if takes_active:
+      proba = head(x, active, training=training)
+    else:
+      proba = head(x, training=training)
+    return tf.reshape(proba, self._mask_shape(x))
 
   @staticmethod
   def _plain_step(training, unit_active):
@@ -353,11 +357,10 @@ class _HaltingBlock(_Block):
                          output, loop_weights):
     """Unit `index` as the graph of unit 2 run with unit `index`'s weights.
 
-    A `tf.switch_case` over a graph per unit costs about 1 ms per loop step
-    in a 23-unit block: it lowers to Switch / Merge nodes, and the untaken
-    branches' nodes are still visited on every step (`python -m
-    benchmarks.sparse_profile`). Used when `_loop_shares_graph`, at
-    inference only: a training-mode batch norm updates its own variables.
+    A `tf.switch_case` over a graph per unit is slower: it lowers to Switch /
+    Merge nodes, and the untaken branches' nodes are still visited on every
+    step. Used when `_loop_shares_graph`, at inference only: a
+    training-mode batch norm updates its own variables.
     """
     unit, head, mapping = self._shared_weights(index, loop_weights)
     with keras.StatelessScope(state_mapping=mapping):
@@ -369,11 +372,8 @@ class _HaltingBlock(_Block):
         halting_proba = tf.ones(mask_shape, new_x.dtype)
       else:
         def evaluate_head():
-          if self._heads_take_active[1]:
-            proba = head(new_x, unit_active, training=training)
-          else:
-            proba = head(new_x, training=training)
-          return (tf.reshape(proba, mask_shape),
+          return (self._call_head(head, self._heads_take_active[1], new_x,
+                                  unit_active, training),
                   head.flops(tf.shape(new_x), active))
 
         halting_proba, head_flops = tf.cond(
@@ -493,76 +493,21 @@ class ACTBlock(_HaltingBlock):
   def _sparse_loop(self, x, output, distribution, flops, state, training):
     """Units 2..L on a shrinking working batch of the active images.
 
-    Units with `dense_residual` run in `_residual_compaction_loop`; for the
-    others the working batch carries the weighted sum of eq. 8.
-    """
-    if all(hasattr(unit, 'dense_residual') for unit in self.units[1:]):
-      return self._residual_compaction_loop(x, distribution, flops, state,
-                                            training)
-    batch = tf.shape(x)[0]
-    loop_weights = self._loop_weights(training)
-
-    def retire(done, images, output, keep):
-      """Adds the outputs of the working images not in `keep` to `done`."""
-      halted = tf.logical_not(keep)
-      return sparse_lib.add_rows(
-          done, tf.boolean_mask(images, halted)[:, tf.newaxis],
-          tf.boolean_mask(output, halted))
-
-    def cond(index, x, output, images, done, distribution, flops, state):
-      del index, x, output, images, done, distribution, flops
-      return tf.reduce_any(state.active)
-
-    def body(index, x, output, images, done, distribution, flops, state):
-      keep = tf.gather(state.active, images)
-
-      def drop_halted():
-        return (tf.boolean_mask(x, keep), tf.boolean_mask(output, keep),
-                tf.boolean_mask(images, keep),
-                retire(done, images, output, keep))
-
-      x, output, images, done = tf.cond(
-          tf.reduce_all(keep), lambda: (x, output, images, done), drop_halted)
-      new_x, halting_proba, unit_flops, _ = self._next_unit(
-          index, x, state.active, training, None, loop_weights=loop_weights)
-      # The halting state stays batch-sized; scores of halted images are
-      # ignored by halting.update.
-      halting_proba = tf.scatter_nd(images[:, tf.newaxis], halting_proba,
-                                    [batch])
-      halting_proba.set_shape(state.active.shape)
-      new_state, weight = halting.update(state, halting_proba, self.eps)
-      output = _add_weighted(output, tf.gather(weight, images), new_x)
-      return (index + 1, new_x, output, images, done,
-              self._distribution_step(distribution, weight, index),
-              flops + unit_flops, new_state)
-
-    # x, output and images hold the working batch; done, the outputs of the
-    # images that have left it.
-    loop_vars = (tf.constant(1), x, output, tf.range(batch),
-                 tf.zeros_like(output), distribution, flops, state)
-    invariants = tf.nest.map_structure(lambda t: t.shape, loop_vars)
-    working = tf.TensorShape([None, *x.shape[1:]])
-    invariants = ((invariants[0], working, working, tf.TensorShape([None]))
-                  + invariants[4:])
-    _, _, output, images, done, distribution, flops, state = tf.while_loop(
-        cond, body, loop_vars, shape_invariants=invariants,
-        maximum_iterations=len(self.units) - 1)
-    output = retire(done, images, output, tf.zeros_like(images, tf.bool))
-    return output, distribution, flops, state
-
-  def _residual_compaction_loop(self, x, distribution, flops, state,
-                                training):
-    """Units 2..L on the active images, adding remainder-weighted residuals.
-
-    The output is x_1 plus the units' remainder-weighted residuals (see
-    `SACTBlock._sparse_loop`). `done` starts as x_1, the output of every
-    image that halts at the first unit; the working batch carries the
-    states of the active images and their output increments over x_1,
-    which are added to `done` when images halt and at the end. Images
-    halted at the first unit never enter the working batch.
+    `done` starts as the block output after the first unit, final for the
+    images that halt there, which never enter the working batch. The
+    working batch carries the states of the active images and their output
+    increments over `done`, added to it when images halt and at the end.
+    With units that have `dense_residual` the output starts at x_1 and the
+    increments are remainder-weighted residuals (see
+    `SACTBlock._sparse_loop`); otherwise they are the weighted states of
+    eq. 8.
     """
     batch = tf.shape(x)[0]
     loop_weights = self._loop_weights(training)
+    residual_form = all(hasattr(unit, 'dense_residual')
+                        for unit in self.units[1:])
+    if residual_form:
+      output = x
 
     def leave(done, images, increments, halted):
       return sparse_lib.add_rows(
@@ -585,27 +530,32 @@ class ACTBlock(_HaltingBlock):
       x, increments, images, done = tf.cond(
           tf.reduce_all(keep), lambda: (x, increments, images, done),
           drop_halted)
-      remainder = tf.gather(state.remainder, images)
-      step = lambda unit, x, increments: _residual_step(
-          x, unit.dense_residual(x, training), increments, remainder)
+      step = None
+      if residual_form:
+        remainder = tf.gather(state.remainder, images)
+        step = lambda unit, x, increments: _residual_step(
+            x, unit.dense_residual(x, training), increments, remainder)
       new_x, halting_proba, unit_flops, increments = self._next_unit(
           index, x, state.active, training, None, step, increments,
           loop_weights)
-      increments.set_shape(x.shape)
       # The halting state stays batch-sized; scores of halted images are
       # ignored by halting.update.
       halting_proba = tf.scatter_nd(images[:, tf.newaxis], halting_proba,
                                     [batch])
       halting_proba.set_shape(state.active.shape)
       new_state, weight = halting.update(state, halting_proba, self.eps)
+      if not residual_form:
+        increments = _add_weighted(increments, tf.gather(weight, images),
+                                   new_x)
+      increments.set_shape(x.shape)
       return (index + 1, new_x, increments, images, done,
               self._distribution_step(distribution, weight, index),
               flops + unit_flops, new_state)
 
     images = tf.cast(tf.where(state.active)[:, 0], tf.int32)
     working = tf.gather(x, images)
-    loop_vars = (tf.constant(1), working, tf.zeros_like(working), images, x,
-                 distribution, flops, state)
+    loop_vars = (tf.constant(1), working, tf.zeros_like(working), images,
+                 output, distribution, flops, state)
     invariants = tf.nest.map_structure(lambda t: t.shape, loop_vars)
     rows = tf.TensorShape([None, *x.shape[1:]])
     invariants = ((invariants[0], rows, rows, tf.TensorShape([None]))
@@ -768,11 +718,10 @@ class SACTBlock(_HaltingBlock):
               active)
           if head is None:
             return new_x, new_output, table, ones()
-          call_head = ((lambda: head(new_x, active, training=training))
-                       if self._heads_take_active[1] else
-                       (lambda: head(new_x, training=training)))
-          proba = tf.cond(has_head,
-                          lambda: tf.reshape(call_head(), mask_shape), ones)
+          proba = tf.cond(
+              has_head,
+              lambda: self._call_head(head, self._heads_take_active[1], new_x,
+                                      active, training), ones)
           return new_x, new_output, table, proba
 
         def table_step():
