@@ -19,6 +19,102 @@ from sact_tf import sparse as sparse_lib
 from sact_tf.layers import common
 
 
+@tf.function(jit_compile=True)
+def _pool_and_moments(x):
+  """(per-image mean `[B, C]`, mean `[C]`, biased variance `[C]`) of
+  `[B, P, C]`, the moments as `tf.nn.moments` computes them over B and P,
+  in two reading passes (XLA)."""
+  pooled = tf.reduce_mean(x, axis=1)
+  mean = tf.reduce_mean(pooled, axis=0)
+  return pooled, mean, tf.reduce_mean(tf.math.squared_difference(x, mean),
+                                      axis=[0, 1])
+
+
+@tf.function(jit_compile=True)
+def _add_affine(product, x, scale, offset):
+  """product + x * scale + offset in one pass (XLA)."""
+  return product + x * scale + offset
+
+
+@tf.RegisterGradient('SactTrainingTaps')
+def _batch_normalised_taps_gradient(op, d_taps, d_pooled, *unused_grads):
+  """The gradient of `_batch_normalised_taps`, written out.
+
+  `op` is the IdentityN that ends it; its inputs are the function's outputs
+  then the tensors the gradient reads. With s = gamma / sqrt(var + eps) and
+  o = beta - mean * s, the taps are (kernel * s) @ rows^T + kernel @ o; the
+  rows' gradient is dtaps^T @ (kernel * s) plus a per-channel affine
+  function of the rows (through the moments) and, per image, the pool's
+  gradient: one pass over the state, where automatic differentiation makes
+  several.
+  """
+  (_, _, mean, variance, x, kernel, gamma, beta, epsilon) = op.inputs
+  batch, height, width, channels = tf.unstack(tf.shape(x))
+  area = height * width
+  rows = tf.reshape(x, [-1, channels])
+  count = tf.cast(batch * area, x.dtype)
+  inverse = tf.math.rsqrt(variance + epsilon)
+  scale = gamma * inverse
+  offset = beta - mean * scale
+  folded = kernel * scale
+  d_folded = tf.matmul(d_taps, rows)
+  d_tap_sums = tf.reduce_sum(d_taps, axis=1)
+  d_offset = tf.linalg.matvec(kernel, d_tap_sums, transpose_a=True)
+  d_scale = tf.reduce_sum(d_folded * kernel, axis=0) - d_offset * mean
+  d_variance = -0.5 * d_scale * gamma * inverse ** 3
+  d_mean = -d_offset * scale
+  # d var / d row = 2 (row - mean) / n, d mean / d row = 1 / n, and
+  # d pooled[b] / d row = 1 / (H W) for the rows of image b.
+  row_scale = 2.0 * d_variance / count
+  row_offset = (d_mean / count - row_scale * mean
+                + d_pooled / tf.cast(area, x.dtype))
+  d_x = _add_affine(
+      tf.reshape(tf.matmul(d_taps, folded, transpose_a=True),
+                 [batch, area, channels]),
+      tf.reshape(x, [batch, area, channels]), row_scale,
+      row_offset[:, tf.newaxis])
+  d_kernel = d_folded * scale + d_tap_sums[:, tf.newaxis] * offset
+  return [None] * 4 + [tf.reshape(d_x, tf.shape(x)), d_kernel,
+                       d_scale * inverse, d_offset, None]
+
+
+def _batch_normalised_taps(x, kernel, gamma, beta, epsilon):
+  """The taps of `kernel` on the batch-normalised state, and its pool.
+
+  Args:
+    x: the state `[B, H, W, C]`; kernel: `[9, C]`; gamma, beta: `[C]`, the
+      batch norm's; epsilon: float.
+
+  Returns:
+    (taps `[9, B * H * W]`, `kernel @ BN(x)^T` with batch norm in training
+    mode over the rows of `x`; pooled `[B, C]`, the spatial mean of `x`;
+    mean `[C]`, variance `[C]`, the batch's moments).
+
+  The normalisation is folded into the kernel (no normalised copy of the
+  state), and inside a `tf.function` the gradient is the written-out one of
+  `_batch_normalised_taps_gradient`. (`tf.custom_gradient` cannot be used
+  here: its gradient reads tensors of the forward function, which the
+  gradient of the blocks' loop, a switch inside a while loop, cannot reach;
+  a registered gradient reads its op's inputs.) Eagerly, the gradient is
+  the automatic one of the same expression.
+  """
+  batch, height, width, channels = tf.unstack(tf.shape(x))
+  pooled, mean, variance = _pool_and_moments(
+      tf.reshape(x, [batch, height * width, channels]))
+  scale = gamma * tf.math.rsqrt(variance + epsilon)
+  offset = beta - mean * scale
+  taps = (tf.matmul(kernel * scale, tf.reshape(x, [-1, channels]),
+                    transpose_b=True)
+          + tf.linalg.matvec(kernel, offset)[:, tf.newaxis])
+  outputs = [taps, pooled, mean, variance]
+  if tf.executing_eagerly():
+    return outputs
+  with tf.compat.v1.get_default_graph().gradient_override_map(
+      {'IdentityN': 'SactTrainingTaps'}):
+    return tf.identity_n(outputs + [x, kernel, tf.convert_to_tensor(gamma),
+                                    tf.convert_to_tensor(beta),
+                                    tf.constant(epsilon, x.dtype)])[:4]
+
 class _HaltingHead(keras.layers.Layer):
   """Shared configuration of the halting heads."""
 
@@ -41,9 +137,21 @@ class _HaltingHead(keras.layers.Layer):
       return x
     return common.leaky_relu(x, self.leakiness)
 
-  def _global_features(self, x, training):
-    pooled = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-    return self._activation(self.global_bn(pooled, training=training))
+  def _global_logit(self, x, training, pooled=None):
+    """`global_conv(a(BN(pool(x))))`, `[B]`; `pooled` `[B, C]`: pool(x) if
+    known (then `x` is not read)."""
+    if pooled is None:
+      pooled = tf.reduce_mean(x, axis=[1, 2])
+    features = self._activation(self.global_bn(
+        pooled[:, tf.newaxis, tf.newaxis], training=training))
+    # The 1x1 conv as a matmul: a conv layer call on a [B, 1, 1, C] input
+    # costs about a millisecond here, a matmul microseconds.
+    conv = self.global_conv
+    logit = tf.matmul(features[:, 0, 0],
+                      tf.reshape(conv.kernel, [self.channels, 1]))[:, 0]
+    if conv.use_bias:
+      logit += conv.bias[0]
+    return logit
 
   def get_config(self):
     config = super().get_config()
@@ -81,8 +189,7 @@ class ACTHaltingHead(_HaltingHead):
     self.global_conv.build(pooled)
 
   def call(self, x, training=None):
-    logit = self.global_conv(self._global_features(x, training))
-    return tf.sigmoid(logit[:, 0, 0, 0])
+    return tf.sigmoid(self._global_logit(x, training))
 
   def flops(self, input_shape, active=None):
     per_image = flops_lib.conv_flops(1, 1, self.channels, 1)
@@ -135,7 +242,10 @@ class SACTHaltingHead(_HaltingHead):
     self.global_conv.build(pooled)
 
   def call(self, x, active=None, training=None):
-    global_logit = self.global_conv(self._global_features(x, training))
+    if (training and self.leakiness is None and self.local_bn.trainable
+        and self.global_bn.trainable):
+      return self._training_scores(x)
+    global_logit = self._global_logit(x, training)
     dense = lambda: self._dense(x, global_logit, training)
     if active is None or training or not self.sparse:
       return dense()
@@ -156,27 +266,54 @@ class SACTHaltingHead(_HaltingHead):
     logit sums the taps that its neighbours contribute to it.
     """
     kernel = tf.reshape(self.local_conv.kernel, [9, self.channels])
-    if self.leakiness is None and not training:
-      # Inference batch norm is affine: folded into the kernel, it costs
-      # no pass over the state.
-      bn = self.local_bn
-      scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
-      offset = bn.beta - bn.moving_mean * scale
-      return (tf.matmul(kernel * scale, rows, transpose_b=True)
-              + tf.linalg.matvec(kernel, offset)[:, tf.newaxis])
-    normalised = self.local_bn(rows[tf.newaxis, tf.newaxis],
-                               training=training)[0, 0]
-    return tf.matmul(kernel, self._activation(normalised), transpose_b=True)
+    if self.leakiness is not None or training:
+      normalised = self.local_bn(rows[tf.newaxis, tf.newaxis],
+                                 training=training)[0, 0]
+      return tf.matmul(kernel, self._activation(normalised), transpose_b=True)
+    # Inference batch norm is affine: folded into the kernel, it costs no
+    # pass over the state.
+    bn = self.local_bn
+    scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
+    offset = bn.beta - bn.moving_mean * scale
+    return (tf.matmul(kernel * scale, rows, transpose_b=True)
+            + tf.linalg.matvec(kernel, offset)[:, tf.newaxis])
+
+  def _training_scores(self, x):
+    """`call` in training, without an activation after the batch norms.
+
+    The local batch norm is then affine with the batch's moments, and is
+    folded into the 3x3 kernel with the pooling of the global term and a
+    written-out gradient (`_batch_normalised_taps`): several passes over the
+    state fewer than the layers' own ops, forward and backward. The moving
+    statistics are updated as a Keras batch norm updates them.
+    """
+    bn = self.local_bn
+    taps, pooled, mean, variance = _batch_normalised_taps(
+        x, tf.reshape(self.local_conv.kernel, [9, self.channels]), bn.gamma,
+        bn.beta, bn.epsilon)
+    bn.moving_mean.assign(bn.moving_mean * bn.momentum
+                          + mean * (1.0 - bn.momentum))
+    bn.moving_variance.assign(bn.moving_variance * bn.momentum
+                              + variance * (1.0 - bn.momentum))
+    global_logit = self._global_logit(x, True, pooled)
+    return self._scores_from_taps(taps, tf.shape(x), global_logit)
 
   def _dense(self, x, global_logit, training):
-    shape = tf.shape(x)
-    taps = tf.reshape(self._taps(tf.reshape(x, [-1, self.channels]),
-                                 training), tf.concat([[9], shape[:3]], 0))
-    taps = tf.pad(taps, [[0, 0], [0, 0], [1, 1], [1, 1]])
-    local = tf.add_n([taps[3 * i + j, :, i:i + shape[1], j:j + shape[2]]
+    return self._scores_from_taps(
+        self._taps(tf.reshape(x, [-1, self.channels]), training), tf.shape(x),
+        global_logit)
+
+  def _scores_from_taps(self, taps, shape, global_logit):
+    """Scores `[B, H, W]` from `_taps` at every position of a state of
+    `shape`."""
+    taps = tf.reshape(taps, tf.concat([[9], shape[:3]], 0))
+    # One tap map each before slicing: a slice of the stacked maps would
+    # have a gradient the size of all nine.
+    taps = tf.unstack(tf.pad(taps, [[0, 0], [0, 0], [1, 1], [1, 1]]), 9)
+    local = tf.add_n([taps[3 * i + j][:, i:i + shape[1], j:j + shape[2]]
                       for i in range(3) for j in range(3)])
     return tf.sigmoid(local + self.local_conv.bias[0]
-                      + global_logit[:, :, :, 0])
+                      + global_logit[:, tf.newaxis, tf.newaxis])
 
   def _gathered(self, x, active, global_logit):
     centres = sparse_lib.positions(active)
@@ -203,8 +340,7 @@ class SACTHaltingHead(_HaltingHead):
     Returns:
       `[n]`, the scores at the centres.
     """
-    global_logit = self.global_conv(self._global_features(
-        pooled[:, tf.newaxis, tf.newaxis], False))
+    global_logit = self._global_logit(None, False, pooled)
     return tf.sigmoid(self._logits_from_rows(table, neighbours, centres,
                                              global_logit))
 
@@ -217,7 +353,7 @@ class SACTHaltingHead(_HaltingHead):
         tf.reshape(taps, [-1]),
         neighbours + tf.range(9) * tf.shape(taps)[1]), axis=1)
     return (local + self.local_conv.bias[0]
-            + tf.gather(global_logit[:, 0, 0, 0], centres[:, 0]))
+            + tf.gather(global_logit, centres[:, 0]))
 
   def flops(self, input_shape, active=None):
     global_flops = flops_lib.conv_flops(1, 1, self.channels, 1)
