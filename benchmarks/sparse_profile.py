@@ -1,6 +1,6 @@
 r"""Where the sparse SACT path spends its time (the README's profile).
 
-  python -m benchmarks.sparse_profile        # about 4 minutes on 2 cores
+  python -m benchmarks.sparse_profile        # about 2 minutes on 2 cores
 
 Block-3 sizes of a ResNet-101 at 600x1000 input (38x63 positions, 1024
 channels, bottleneck 256), random weights, inference, a centred blob of a
@@ -22,6 +22,11 @@ process; run it on a quiet machine.
 5. ACT: one unit of each ResNet-101 block at 224x224 on 4 images against 8
    (the benchmark's working batch after half the images halt): the residual
    branch alone, as the compacted loop runs it, and the whole unit.
+6. Training: one SACT halting head's forward and backward pass at the
+   size of a ResNet-50 block-1 state, batch 4 (4x56x56x256), inside a
+   while loop as the blocks run it and at the top level of a
+   `tf.function`, against eq. 14 written with the plain ops (batch norm,
+   3x3 conv), and one bottleneck unit's for scale.
 """
 
 from absl import app
@@ -31,6 +36,7 @@ import tensorflow as tf
 from benchmarks.sparse_speed import FixedHaltingHead, blob, median_times
 from sact_tf import sparse as sparse_lib
 from sact_tf.layers import blocks as blocks_lib
+from sact_tf.layers import heads as heads_lib
 from sact_tf.layers import units as units_lib
 
 HEIGHT, WIDTH, DEPTH, BOTTLENECK, UNITS = 38, 63, 1024, 256, 23
@@ -189,6 +195,56 @@ def act_batch_section():
           f'{times["four"] / times["eight"]:.3f} |')
 
 
+def plain_ops_head(head, x):
+  """Eq. 14 in training mode from the plain ops: batch norm with the batch's
+  moments, a 3x3 conv to one channel, the pooled global term."""
+  def bn(values, layer):
+    mean, variance = tf.nn.moments(values, [0, 1, 2])
+    return tf.nn.batch_normalization(values, mean, variance, layer.beta,
+                                     layer.gamma, layer.epsilon)
+
+  local = tf.nn.conv2d(bn(x, head.local_bn), head.local_conv.kernel, 1,
+                       'SAME')
+  pooled = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+  global_logit = tf.nn.conv2d(bn(pooled, head.global_bn),
+                              head.global_conv.kernel, 1, 'SAME')
+  return tf.sigmoid(local + head.local_conv.bias + global_logit)[..., 0]
+
+
+def training_head_section():
+  x = tf.random.normal([4, 56, 56, 256], seed=1)
+  head = heads_lib.SACTHaltingHead()
+  unit = units_lib.BottleneckUnit(256, 64, 1)
+  head(x, training=True)
+  unit(x, None, training=True)
+
+  def step(layer, forward, in_loop=False):
+    @tf.function
+    def run():
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        if in_loop:
+          out = tf.while_loop(lambda i, o: i < 1,
+                              lambda i, o: (i + 1, forward()),
+                              (0, tf.zeros(x.shape[:3])))[1]
+        else:
+          out = forward()
+        loss = tf.reduce_sum(out * out)
+      return tape.gradient(loss, [x] + layer.trainable_variables)
+    return run
+
+  times = medians({
+      'loop': step(head, lambda: head(x, training=True), in_loop=True),
+      'top': step(head, lambda: head(x, training=True)),
+      'plain ops': step(head, lambda: plain_ops_head(head, x)),
+      'unit': step(unit, lambda: unit(x, None, training=True)),
+  })
+  print('\n6. Training, forward and backward at 4x56x56x256 (ms): SACT head '
+        f'in a while loop {times["loop"]:.1f}, at the top level '
+        f'{times["top"]:.1f}, eq. 14 from the plain ops '
+        f'{times["plain ops"]:.1f}; a bottleneck unit {times["unit"]:.1f}')
+
+
 def main(argv):
   del argv
   x = tf.random.normal([1, HEIGHT, WIDTH, DEPTH], seed=0)
@@ -197,6 +253,7 @@ def main(argv):
   residual_step_section()
   block_section(x)
   act_batch_section()
+  training_head_section()
 
 
 if __name__ == '__main__':

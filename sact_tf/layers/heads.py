@@ -242,8 +242,7 @@ class SACTHaltingHead(_HaltingHead):
     self.global_conv.build(pooled)
 
   def call(self, x, active=None, training=None):
-    if (training and self.leakiness is None and self.local_bn.trainable
-        and self.global_bn.trainable):
+    if training and self.leakiness is None and self.local_bn.trainable:
       return self._training_scores(x)
     global_logit = self._global_logit(x, training)
     dense = lambda: self._dense(x, global_logit, training)
