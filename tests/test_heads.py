@@ -74,29 +74,24 @@ def test_sact_head_matches_eq_14_with_its_gradients(training, leakiness,
 
   expected, expected_grads = scores_and_gradients(
       lambda: sact_head_reference(head, x, training))
-  moving = [v.numpy() for v in head.non_trainable_variables]
+  bn = head.local_bn
+  old_mean, old_variance = bn.moving_mean.numpy(), bn.moving_variance.numpy()
   got, got_grads = scores_and_gradients(lambda: head(x, training=training))
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   for got_grad, expected_grad in zip(got_grads, expected_grads):
     np.testing.assert_allclose(got_grad, expected_grad, rtol=1e-4, atol=1e-5)
 
   # Training updates the moving statistics as a Keras batch norm does.
-  bn = head.local_bn
   if training:
-    mean = x.numpy().mean(axis=(0, 1, 2))
-    variance = x.numpy().var(axis=(0, 1, 2))
-  new_mean, new_variance = bn.moving_mean.numpy(), bn.moving_variance.numpy()
-  old_mean = moving[[v.path for v in head.non_trainable_variables].index(
-      bn.moving_mean.path)]
-  old_variance = moving[[v.path for v in head.non_trainable_variables].index(
-      bn.moving_variance.path)]
-  if training:
+    momentum = bn.momentum
     np.testing.assert_allclose(
-        new_mean, old_mean * bn.momentum + mean * (1 - bn.momentum),
+        bn.moving_mean.numpy(),
+        old_mean * momentum + x.numpy().mean(axis=(0, 1, 2)) * (1 - momentum),
         rtol=1e-5)
     np.testing.assert_allclose(
-        new_variance,
-        old_variance * bn.momentum + variance * (1 - bn.momentum), rtol=1e-5)
+        bn.moving_variance.numpy(),
+        old_variance * momentum
+        + x.numpy().var(axis=(0, 1, 2)) * (1 - momentum), rtol=1e-5)
   else:
-    np.testing.assert_array_equal(new_mean, old_mean)
-    np.testing.assert_array_equal(new_variance, old_variance)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), old_mean)
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), old_variance)

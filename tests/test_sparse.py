@@ -66,6 +66,14 @@ def test_dilate_is_a_3x3_binary_dilation(size):
   np.testing.assert_array_equal(flops_lib.dilate(mask).numpy(), expected)
 
 
+def numpy_windows(x, centres):
+  """`[n, 9 * C]`: the zero-padded 3x3 windows of `x` `[B, H, W, C]` around
+  `centres` `[n, 3]`, row-major."""
+  padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+  return np.stack([padded[b, i:i + 3, j:j + 3].reshape(-1)
+                   for b, i, j in centres]).reshape(len(centres), -1)
+
+
 @pytest.mark.parametrize('size', SIZES)
 def test_im2col_matches_a_numpy_window_gather(size):
   rng = np.random.default_rng(4)
@@ -75,11 +83,8 @@ def test_im2col_matches_a_numpy_window_gather(size):
   centres = sparse.positions(active)
   rows = tf.gather_nd(x, sparse.positions(table))
   columns = sparse.im2col(rows, sparse.neighbour_rows(centres, table))
-  padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
-  expected = [padded[b, i:i + 3, j:j + 3].reshape(-1)
-              for b, i, j in centres.numpy()]
   np.testing.assert_array_equal(columns.numpy(),
-                                np.reshape(expected, columns.shape))
+                                numpy_windows(x, centres.numpy()))
 
 
 @pytest.mark.parametrize('size', SIZES)
@@ -95,11 +100,8 @@ def test_im2col_with_the_active_rows_first(size):
   columns = sparse.im2col(
       [tf.gather_nd(x, centres), border],
       sparse.neighbour_rows(centres, dilated, first=active))
-  padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
-  expected = [padded[b, i:i + 3, j:j + 3].reshape(-1)
-              for b, i, j in centres.numpy()]
   np.testing.assert_array_equal(columns.numpy(),
-                                np.reshape(expected, columns.shape))
+                                numpy_windows(x, centres.numpy()))
 
 
 def test_choose_path():

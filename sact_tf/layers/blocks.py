@@ -13,10 +13,10 @@ Calling a block returns a dict:
   halting_distribution: `[B, L]` or `[B, H, W, L]`, the weights p.
   flops: int64 `[B]`, FLOPs of the units and heads actually evaluated.
 
-Inference (`training` falsy) runs units 2..L as one graph: the loop selects
-the variables of the unit it is at (a `tf.switch_case` that only reads
-variables) and runs unit 2's graph with them (`keras.StatelessScope`), when
-the units, and the heads, are of one class with equal configs that declares
+Inference (`training` falsy) runs units 2..L as one graph: the loop reads
+the variables of the unit it is at from `tf.TensorArray`s built before it
+and runs unit 2's graph with them (`keras.StatelessScope`), when the units,
+and the heads, are of one class with equal configs that declares
 `config_and_weights_only`; otherwise, and in training mode, a
 `tf.switch_case` holds a graph per unit.
 
@@ -746,8 +746,8 @@ class SACTBlock(_HaltingBlock):
 
           def scores():
             rows = head.scores_from_rows(
-                [new_table.rows, new_table.border], new_table.neighbours, new_table.centres,
-                new_table.state_sum / area)
+                [new_table.rows, new_table.border], new_table.neighbours,
+                new_table.centres, new_table.state_sum / area)
             return tf.scatter_nd(new_table.centres, rows,
                                  tf.cast(mask_shape, tf.int64))
 
