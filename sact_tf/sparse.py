@@ -165,12 +165,19 @@ def add_rows(x, positions, rows):
 
 
 def batch_norm_rows(batch_norm, rows):
-  """A Keras `BatchNormalization` (moving statistics) applied to `[n, C]`."""
-  # One fused op instead of the layer's chain of elementwise ops: the rows
-  # are few, so per-op overhead counts.
-  normalised, *_ = tf.raw_ops.FusedBatchNormV3(
-      x=rows[tf.newaxis, tf.newaxis], scale=batch_norm.gamma,
-      offset=batch_norm.beta, mean=batch_norm.moving_mean,
-      variance=batch_norm.moving_variance, epsilon=batch_norm.epsilon,
-      is_training=False)
-  return normalised[0, 0]
+  """A Keras `BatchNormalization` (moving statistics) applied to `[n, C]`.
+
+  As `rows * scale + offset`, the form `tf.nn.batch_normalization` (and so
+  the layer) uses: two elementwise ops on the rows, with the per-channel
+  scale and offset computed on `[C]` vectors. Inside the blocks' loops
+  this took 0.14 ms against 0.17 ms for oneDNN's `FusedBatchNormV3` (with
+  the ReLU after it) at 598x256 rows, 0.57 against 1.08 ms at 2400x1024
+  (by hand, 50-step `tf.while_loop`s).
+  """
+  scale = tf.math.rsqrt(batch_norm.moving_variance + batch_norm.epsilon)
+  if batch_norm.gamma is not None:
+    scale *= batch_norm.gamma
+  offset = -batch_norm.moving_mean * scale
+  if batch_norm.beta is not None:
+    offset += batch_norm.beta
+  return rows * scale + offset

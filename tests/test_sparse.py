@@ -125,6 +125,23 @@ def test_add_rows_leaves_the_callers_tensor_alone():
   assert float(tf.reduce_sum(y)) == 2.0
 
 
+
+@pytest.mark.parametrize('center, scale', [(True, True), (False, False)])
+def test_batch_norm_rows_equals_the_layer(center, scale):
+  layer = keras.layers.BatchNormalization(center=center, scale=scale,
+                                          epsilon=1e-3)
+  layer.build([None, 4])
+  rng = np.random.default_rng(0)
+  for variable, low in ((layer.moving_mean, -2.0),
+                        (layer.moving_variance, 0.1),
+                        (layer.gamma, 0.5), (layer.beta, -1.0)):
+    if variable is not None:
+      variable.assign(rng.uniform(low, low + 3.0, 4).astype(np.float32))
+  rows = tf.constant(rng.normal(size=(5, 4)), tf.float32)
+  np.testing.assert_allclose(sparse.batch_norm_rows(layer, rows),
+                             layer(rows, training=False), rtol=1e-5,
+                             atol=1e-6)
+
 @pytest.mark.parametrize('value', [0, -0.5, 1.5, 'a', None])
 def test_dense_fraction_is_validated(value):
   with pytest.raises(ValueError, match='dense_fraction'):

@@ -677,9 +677,16 @@ class SACTBlock(_HaltingBlock):
 
     def write_back(x, output, table):
       """x and output with the table's rows added back."""
-      x = sparse_lib.add_rows(x, table.centres,
-                              table.rows - tf.gather_nd(x, table.centres))
-      return x, sparse_lib.add_rows(output, table.centres, table.increments)
+      def add():
+        new_x = sparse_lib.add_rows(
+            x, table.centres, table.rows - tf.gather_nd(x, table.centres))
+        return new_x, sparse_lib.add_rows(output, table.centres,
+                                          table.increments)
+
+      # Without a table there is nothing to add, and adding nothing would
+      # still copy both states: they start as one tensor, so neither
+      # `add_rows` may update it in place.
+      return tf.cond(tf.reduce_any(table.active), add, lambda: (x, output))
 
     def rebuild(x, output, table, active):
       x, output = write_back(x, output, table)
