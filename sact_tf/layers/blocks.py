@@ -675,7 +675,7 @@ class SACTBlock(_HaltingBlock):
         neighbours=tf.TensorShape([None, 9]),
         state_sum=tf.TensorShape([None, channels]))
 
-    def write_back(x, output, table):
+    def write_back(x, output, table, had_table):
       """x and output with the table's rows added back."""
       def add():
         new_x = sparse_lib.add_rows(
@@ -686,10 +686,11 @@ class SACTBlock(_HaltingBlock):
       # Without a table there is nothing to add, and adding nothing would
       # still copy both states: they start as one tensor, so neither
       # `add_rows` may update it in place.
-      return tf.cond(tf.reduce_any(table.active), add, lambda: (x, output))
+      return tf.cond(had_table, add, lambda: (x, output))
 
     def rebuild(x, output, table, active):
-      x, output = write_back(x, output, table)
+      had_table = tf.reduce_any(table.active)
+      x, output = write_back(x, output, table, had_table)
       centres = sparse_lib.positions(active)
       dilated = sparse_lib.dilate(active)
       rows = tf.gather_nd(x, centres)
@@ -700,7 +701,10 @@ class SACTBlock(_HaltingBlock):
               tf.logical_and(dilated, tf.logical_not(active)))),
           neighbours=sparse_lib.neighbour_rows(centres, dilated,
                                                first=active),
-          state_sum=tf.reduce_sum(x, axis=[1, 2]))
+          # The old table kept the sum up to date; a pass over the state
+          # only when the table follows dense steps.
+          state_sum=tf.cond(had_table, lambda: table.state_sum,
+                            lambda: tf.reduce_sum(x, axis=[1, 2])))
 
     loop_weights = self._loop_weights(training)
 
