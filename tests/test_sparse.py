@@ -125,7 +125,6 @@ def test_add_rows_leaves_the_callers_tensor_alone():
   assert float(tf.reduce_sum(y)) == 2.0
 
 
-
 @pytest.mark.parametrize('center, scale', [(True, True), (False, False)])
 def test_batch_norm_rows_equals_the_layer(center, scale):
   layer = keras.layers.BatchNormalization(center=center, scale=scale,
@@ -141,6 +140,7 @@ def test_batch_norm_rows_equals_the_layer(center, scale):
   np.testing.assert_allclose(sparse.batch_norm_rows(layer, rows),
                              layer(rows, training=False), rtol=1e-5,
                              atol=1e-6)
+
 
 @pytest.mark.parametrize('value', [0, -0.5, 1.5, 'a', None])
 def test_dense_fraction_is_validated(value):
