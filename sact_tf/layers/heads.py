@@ -40,19 +40,19 @@ def _add_affine(product, x, scale, offset):
   return product + x * scale + offset
 
 
-@tf.RegisterGradient('SactTrainingTaps')
-def _batch_normalised_taps_gradient(op, d_taps, d_pooled, *unused_grads):
+def _taps_gradient(d_taps, d_pooled, mean, variance, x, kernel, gamma, beta,
+                   epsilon):
   """The gradient of `_batch_normalised_taps`, written out.
 
-  `op` is the IdentityN that ends it; its inputs are the function's outputs
-  then the tensors the gradient reads. With s = gamma / sqrt(var + eps) and
-  o = beta - mean * s, the taps are (kernel * s) @ rows^T + kernel @ o; the
-  rows' gradient is dtaps^T @ (kernel * s) plus a per-channel affine
-  function of the rows (through the moments) and, per image, the pool's
-  gradient: one pass over the state, where automatic differentiation makes
-  several.
+  Returns the gradients with respect to x, kernel, gamma and beta, given
+  those with respect to the taps and the pool (the moments are outputs for
+  the moving statistics only; nothing differentiates them). With s = gamma
+  / sqrt(var + eps) and o = beta - mean * s, the taps are (kernel * s) @
+  rows^T + kernel @ o; the rows' gradient is dtaps^T @ (kernel * s) plus a
+  per-channel affine function of the rows (through the moments) and, per
+  image, the pool's gradient: one pass over the state, where automatic
+  differentiation makes several.
   """
-  (_, _, mean, variance, x, kernel, gamma, beta, epsilon) = op.inputs
   batch, height, width, channels = tf.unstack(tf.shape(x))
   area = height * width
   rows = tf.reshape(x, [-1, channels])
@@ -78,8 +78,32 @@ def _batch_normalised_taps_gradient(op, d_taps, d_pooled, *unused_grads):
       tf.reshape(x, [batch, area, channels]), row_scale,
       row_offset[:, tf.newaxis])
   d_kernel = d_folded * scale + d_tap_sums[:, tf.newaxis] * offset
-  return [None] * 4 + [tf.reshape(d_x, tf.shape(x)), d_kernel,
-                       d_scale * inverse, d_offset, None]
+  return (tf.reshape(d_x, tf.shape(x)), d_kernel, d_scale * inverse,
+          d_offset)
+
+
+@tf.RegisterGradient('SactTrainingTaps')
+def _batch_normalised_taps_gradient(op, d_taps, d_pooled, *unused_grads):
+  """`_taps_gradient` for the IdentityN that ends `_batch_normalised_taps`
+  inside control flow; its inputs are the function's outputs, then the
+  tensors the gradient reads."""
+  (_, _, mean, variance, x, kernel, gamma, beta, epsilon) = op.inputs
+  return [None] * 4 + list(_taps_gradient(
+      d_taps, d_pooled, mean, variance, x, kernel, gamma, beta,
+      epsilon)) + [None]
+
+
+def _taps_and_moments(x, kernel, gamma, beta, epsilon):
+  """The forward pass of `_batch_normalised_taps`."""
+  batch, height, width, channels = tf.unstack(tf.shape(x))
+  pooled, mean, variance = _pool_and_moments(
+      tf.reshape(x, [batch, height * width, channels]))
+  scale = gamma * tf.math.rsqrt(variance + epsilon)
+  offset = beta - mean * scale
+  taps = (tf.matmul(kernel * scale, tf.reshape(x, [-1, channels]),
+                    transpose_b=True)
+          + tf.linalg.matvec(kernel, offset)[:, tf.newaxis])
+  return [taps, pooled, mean, variance]
 
 
 def _batch_normalised_taps(x, kernel, gamma, beta, epsilon):
@@ -92,32 +116,44 @@ def _batch_normalised_taps(x, kernel, gamma, beta, epsilon):
   Returns:
     (taps `[9, B * H * W]`, `kernel @ BN(x)^T` with batch norm in training
     mode over the rows of `x`; pooled `[B, C]`, the spatial mean of `x`;
-    mean `[C]`, variance `[C]`, the batch's moments).
+    mean `[C]`, variance `[C]`, the batch's moments, for the moving
+    statistics: their gradient is not propagated).
 
   The normalisation is folded into the kernel (no normalised copy of the
   state), and inside a `tf.function` the gradient is the written-out one of
-  `_batch_normalised_taps_gradient`. (`tf.custom_gradient` cannot be used
-  here: its gradient reads tensors of the forward function, which the
-  gradient of the blocks' loop, a switch inside a while loop, cannot reach;
-  a registered gradient reads its op's inputs.) Eagerly, the gradient is
-  the automatic one of the same expression.
+  `_taps_gradient`. Inside control flow (the blocks' loops) it is attached
+  as a registered gradient of an `IdentityN` that takes the tensors it
+  reads as inputs: `tf.custom_gradient` cannot be used there, its gradient
+  reads tensors of the forward function, which the gradient of a switch
+  inside a while loop cannot reach. At the top level of a function,
+  where the registered gradient would not be used (a `GradientTape` looks
+  gradients up by op type), it is a `tf.custom_gradient`. Eagerly, the
+  gradient is the automatic one of the same expression.
   """
-  batch, height, width, channels = tf.unstack(tf.shape(x))
-  pooled, mean, variance = _pool_and_moments(
-      tf.reshape(x, [batch, height * width, channels]))
-  scale = gamma * tf.math.rsqrt(variance + epsilon)
-  offset = beta - mean * scale
-  taps = (tf.matmul(kernel * scale, tf.reshape(x, [-1, channels]),
-                    transpose_b=True)
-          + tf.linalg.matvec(kernel, offset)[:, tf.newaxis])
-  outputs = [taps, pooled, mean, variance]
+  gamma = tf.convert_to_tensor(gamma)
+  beta = tf.convert_to_tensor(beta)
   if tf.executing_eagerly():
-    return outputs
-  with tf.compat.v1.get_default_graph().gradient_override_map(
-      {'IdentityN': 'SactTrainingTaps'}):
-    return tf.identity_n(outputs + [x, kernel, tf.convert_to_tensor(gamma),
-                                    tf.convert_to_tensor(beta),
-                                    tf.constant(epsilon, x.dtype)])[:4]
+    return _taps_and_moments(x, kernel, gamma, beta, epsilon)
+  graph = tf.compat.v1.get_default_graph()
+  if getattr(graph, 'is_control_flow_graph', False):
+    outputs = _taps_and_moments(x, kernel, gamma, beta, epsilon)
+    with graph.gradient_override_map({'IdentityN': 'SactTrainingTaps'}):
+      return tf.identity_n(outputs + [x, kernel, gamma, beta,
+                                      tf.constant(epsilon, x.dtype)])[:4]
+
+  @tf.custom_gradient
+  def taps_with_gradient(x, kernel, gamma, beta):
+    taps, pooled, mean, variance = _taps_and_moments(x, kernel, gamma, beta,
+                                                     epsilon)
+
+    def gradient(d_taps, d_pooled, *unused_grads):
+      return _taps_gradient(d_taps, d_pooled, mean, variance, x, kernel,
+                            gamma, beta, epsilon)
+
+    return (taps, pooled, mean, variance), gradient
+
+  return list(taps_with_gradient(x, kernel, gamma, beta))
+
 
 class _HaltingHead(keras.layers.Layer):
   """Shared configuration of the halting heads."""
