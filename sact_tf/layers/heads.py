@@ -311,9 +311,7 @@ class SACTHaltingHead(_HaltingHead):
       return tf.matmul(kernel, self._activation(normalised), transpose_b=True)
     # Inference batch norm is affine: folded into the kernel, it costs no
     # pass over the state.
-    bn = self.local_bn
-    scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
-    offset = bn.beta - bn.moving_mean * scale
+    scale, offset = sparse_lib.batch_norm_affine(self.local_bn)
     return (tf.matmul(kernel * scale, rows, transpose_b=True)
             + tf.linalg.matvec(kernel, offset)[:, tf.newaxis])
 
