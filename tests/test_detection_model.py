@@ -1,5 +1,6 @@
 """The Faster R-CNN model: outputs, FLOPs, sparse inference, losses, init."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -98,6 +99,9 @@ def test_resnet101_feature_extractor_flops_bracket_the_paper():
 
 
 def test_sparse_inference_gives_the_dense_detections():
+  # The mixed halting below depends on the initial weights too: seeded, so
+  # that it does not depend on which tests ran before.
+  keras.utils.set_random_seed(0)
   dense = training.build_model(tiny_config(sparse=False))
   # dense_fraction 1: every partly active unit gathers.
   sparse = training.build_model(tiny_config(sparse=True, dense_fraction=1.0))
