@@ -78,8 +78,8 @@ def _add_weighted(output, weight, state):
   """output + weight * state, with `weight` `[B]` or `[B, H, W]`.
 
   XLA fuses this into one pass over the state instead of a multiply and an
-  add. The sparse loops use it for units without `dense_residual`; the
-  library's units go through `_residual_step`.
+  add. The sparse loops use it for units without `dense_residual`, and
+  `_residual_step` for the output update where every position is active.
   """
   return output + _expand_to_state(weight) * state
 
@@ -123,22 +123,36 @@ _Table.__doc__ = """The state around the active positions of `SACTBlock`.
 """
 
 
-@tf.function(jit_compile=True)
 def _residual_step(x, residual, output, remainder, active=None):
   """A unit's residual added to the state and, weighted, to the output.
 
   Returns (x + residual, output + remainder * residual), with `remainder`
   `[B]` (ACT) or `[B, H, W]` (SACT), and only where `active` (`[B, H, W]`,
-  None: everywhere): one pass over the states (XLA) for the units that
+  None: everywhere): the state and output update of the units that
   `ACTBlock` and `SACTBlock` evaluate densely at inference. (See
   `SACTBlock._sparse_loop` for why this sum is the block output.)
+
+  Where every position is active, the state update is TensorFlow's add,
+  which writes into a buffer it no longer needs (an XLA call writes a new
+  one), and only the output update is XLA's (`_add_weighted`, one pass
+  instead of a multiply and an add). With a mask, both updates are one XLA
+  pass (`_masked_residual_step`).
   """
-  weight = _expand_to_state(remainder)
   if active is None:
-    return x + residual, output + weight * residual
+    return x + residual, _add_weighted(output, remainder, residual)
+  return tf.cond(
+      tf.reduce_all(active),
+      lambda: (x + residual, _add_weighted(output, remainder, residual)),
+      lambda: _masked_residual_step(x, residual, output, remainder, active))
+
+
+@tf.function(jit_compile=True)
+def _masked_residual_step(x, residual, output, remainder, active):
+  """`_residual_step` where not every position is active, in one pass."""
   mask = active[..., tf.newaxis]
   return (tf.where(mask, x + residual, x),
-          output + tf.where(mask, weight, 0.0) * residual)
+          output + tf.where(mask, _expand_to_state(remainder), 0.0)
+          * residual)
 
 
 class _Block(keras.layers.Layer):
