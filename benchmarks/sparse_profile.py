@@ -118,8 +118,8 @@ def add_back_section(x):
 
 @tf.function(jit_compile=True)
 def _both_in_one_pass(x, residual, output, remainder):
-  """The state and output update as one XLA computation (what
-  `_residual_step` did where every position is active, before)."""
+  """The state and output update as one XLA computation: the alternative
+  to `_residual_step`'s split where every position is active."""
   return x + residual, output + remainder[..., tf.newaxis] * residual
 
 
