@@ -138,11 +138,13 @@ def _residual_step(x, residual, output, remainder, active=None):
   instead of a multiply and an add). With a mask, both updates are one XLA
   pass (`_masked_residual_step`).
   """
-  if active is None:
+  def everywhere():
     return x + residual, _add_weighted(output, remainder, residual)
+
+  if active is None:
+    return everywhere()
   return tf.cond(
-      tf.reduce_all(active),
-      lambda: (x + residual, _add_weighted(output, remainder, residual)),
+      tf.reduce_all(active), everywhere,
       lambda: _masked_residual_step(x, residual, output, remainder, active))
 
 
