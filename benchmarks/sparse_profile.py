@@ -16,8 +16,8 @@ process; run it on a quiet machine.
 3. The state and output update of a densely evaluated unit in a while loop
    of 22 units (`blocks._residual_step`), at block-1 and block-3 state
    sizes: with every position active (TensorFlow's add for the state, XLA
-   for the output) against both in one XLA pass; with 90 % active (one
-   XLA pass) against plain TensorFlow.
+   for the output) against both in the masked step's one XLA pass; with
+   90 % active (that one pass) against plain TensorFlow.
 4. A 23-unit SACT block (forced halting) against the plain block, and the
    same block with a graph per unit (`tf.switch_case` over whole units, and
    every unit gathering from and scattering into the state).
@@ -116,13 +116,6 @@ def add_back_section(x):
         '\n')
 
 
-@tf.function(jit_compile=True)
-def _both_in_one_pass(x, residual, output, remainder):
-  """The state and output update as one XLA computation: the alternative
-  to `_residual_step`'s split where every position is active."""
-  return x + residual, output + remainder[..., tf.newaxis] * residual
-
-
 def residual_step_section():
   print('3. State and output update of a dense unit, per loop iteration '
         '(ms); the plain network\'s unit pays the state update only\n'
@@ -153,8 +146,9 @@ def residual_step_section():
     times = medians({
         'all': loop(lambda x, o: blocks_lib._residual_step(
             x, residual, o, remainder, everywhere)),
-        'one pass': loop(lambda x, o: _both_in_one_pass(
-            x, residual, o, remainder)),
+        # What the dense steps ran before, with every position active.
+        'one pass': loop(lambda x, o: blocks_lib._masked_residual_step(
+            x, residual, o, remainder, everywhere)),
         'masked': loop(lambda x, o: blocks_lib._residual_step(
             x, residual, o, remainder, active)),
         'plain': loop(plain),
