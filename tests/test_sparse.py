@@ -209,6 +209,24 @@ def test_unit_paths_by_density():
   np.testing.assert_array_equal(unit(x, MASKS['empty']([2, 6, 6])), x)
 
 
+def test_residual_after_preact_is_the_dense_residual():
+  # What SACTBlock's dense steps run: the pre-activation from
+  # `preact_affine`, computed outside the unit.
+  unit = units.BottleneckUnit(8, 2)
+  x = tf.random.normal([2, 5, 6, 8], seed=11)
+  unit(x)
+  randomise_batch_norms(unit, 11)
+  scale, offset = unit.preact_affine()
+  preact = tf.nn.relu(x * scale + offset)
+  expected = unit.dense(x, False) - x
+  assert relative_error(unit.residual_after_preact(preact, False),
+                        expected) <= 1e-5
+  strided = units.BottleneckUnit(8, 2, stride=2)
+  strided(x)
+  with pytest.raises(ValueError, match='stride 2'):
+    strided.residual_after_preact(preact, False)
+
+
 def test_training_mode_is_dense_and_masked():
   # Batch statistics over gathered positions would differ: training calls
   # must give exactly what the dense path gives.

@@ -36,7 +36,9 @@ Sparse execution (`sparse=True`, the default, with `training` falsy):
     `SACTBlock._table_loop`). Units without that interface are told the
     active positions and evaluate there only (see `sact_tf.layers.units`).
   Both add the units' remainder-weighted residuals to the output, which
-  equals the weighted sum of eq. 8 (see `SACTBlock._sparse_loop`).
+  equals the weighted sum of eq. 8 (see `SACTBlock._sparse_loop`); SACT's
+  dense units add their weighted states instead, with the next unit's
+  pre-activation (see `SACTBlock._table_loop`).
 Training-mode calls evaluate densely and mask, as the authors' code did:
 batch-norm statistics over the gathered images or positions would differ.
 Either way the outputs agree up to float rounding, and the ponder costs and
@@ -129,8 +131,9 @@ def _residual_step(x, residual, output, remainder, active=None):
   Returns (x + residual, output + remainder * residual), with `remainder`
   `[B]` (ACT) or `[B, H, W]` (SACT), and only where `active` (`[B, H, W]`,
   None: everywhere): the state and output update of the units that
-  `ACTBlock` and `SACTBlock` evaluate densely at inference. (See
-  `SACTBlock._sparse_loop` for why this sum is the block output.)
+  `ACTBlock` evaluates densely at inference, and `SACTBlock` where it
+  cannot keep a table. (See `SACTBlock._sparse_loop` for why this sum is
+  the block output.)
 
   Where every position is active, the state update is TensorFlow's add,
   which writes into a buffer it no longer needs (an XLA call writes a new
@@ -146,6 +149,32 @@ def _residual_step(x, residual, output, remainder, active=None):
   return tf.cond(
       tf.reduce_all(active), everywhere,
       lambda: _masked_residual_step(x, residual, output, remainder, active))
+
+
+@tf.function(jit_compile=True)
+def _masked_add(x, residual, active):
+  """x + residual where `active` (`[B, H, W]`), x elsewhere, in one pass."""
+  return tf.where(active[..., tf.newaxis], x + residual, x)
+
+
+@tf.function(jit_compile=True)
+def _preact_and_accumulate(x, scale, offset, output, weight):
+  """(relu(x * scale + offset), output + weight * x) in one pass over x."""
+  return (tf.nn.relu(x * scale + offset),
+          output + _expand_to_state(weight) * x)
+
+
+@tf.function(jit_compile=True)
+def _preact_and_weigh(x, scale, offset, weight):
+  """(relu(x * scale + offset), weight * x) in one pass over x."""
+  return tf.nn.relu(x * scale + offset), _expand_to_state(weight) * x
+
+
+def _accumulate(output, weight, x, started):
+  """output + weight * x; weight * x alone if not `started` (a scalar bool:
+  False while `output` holds no term yet)."""
+  return tf.cond(started, lambda: _add_weighted(output, weight, x),
+                 lambda: _expand_to_state(weight) * x)
 
 
 @tf.function(jit_compile=True)
@@ -621,11 +650,13 @@ class SACTBlock(_HaltingBlock):
     known when unit n runs, so the unit's residual rows go into the state
     and, scaled, into the output, without gathering the new state again.
     Units without `gathered_residual` / `dense_residual` get the plain
-    weighted sum instead.
+    weighted sum instead. (`_table_loop` uses both forms.)
     """
     if (self._loop_shares_graph
         and all(hasattr(unit, 'residual_from_rows')
-                and hasattr(unit, 'dense_residual') for unit in self.units[1:])
+                and hasattr(unit, 'residual_after_preact')
+                and hasattr(unit, 'preact_affine')
+                for unit in self.units[1:])
         and all(hasattr(head, 'scores_from_rows')
                 for head in self.halting_heads[1:])):
       return self._table_loop(x, distribution, flops, state, training)
@@ -663,16 +694,28 @@ class SACTBlock(_HaltingBlock):
     """Units 2..L on a table of the state's rows around the active positions.
 
     While at least `dense_fraction` of the positions are active, the units
-    run densely (`_residual_step`). From the first unit below it, the block
-    keeps the state at the active positions and at their 3x3 neighbours as
-    rows (`_Table`): the units read their neighbourhoods from it and add
-    their residuals to its active rows, and to the remainder-weighted output
-    increments (see `_sparse_loop`), without gathering from or scattering
-    into the `[B, H, W, C]` state. When positions halt, the table's rows are
-    written back and the table is rebuilt for the smaller set; at the end its
-    output increments are added to the output. The halting heads read the
-    same rows and a running per-image sum of the state for their global
-    term.
+    run densely, and the output is the weighted sum of the states, one unit
+    behind: unit n reads x_{n-1} for its pre-activation relu(BN(x_{n-1})),
+    and the same pass adds p_{n-1} x_{n-1} to the output (one XLA call,
+    `_preact_and_accumulate`). Unit n then adds its residual to x_{n-1} as
+    the plain network does (Grappler fuses that add into the last
+    convolution, which writes into the state's buffer). One elementwise
+    pass over the state per unit in place of five: the pre-activation's
+    three (multiply, add, ReLU), the residual's add and the output update of
+    `_residual_step`. After the loop the last state's term is added.
+
+    From the first unit below `dense_fraction`, the output turns into the
+    residual form of `_sparse_loop` (x_1 + sum_n R_{n-1} r_n equals
+    sum_{m < n} p_m x_m + R_{n-1} x_{n-1} before unit n, one pass), and the
+    block keeps the state at the active positions and at their 3x3
+    neighbours as rows (`_Table`): the units read their neighbourhoods from
+    it and add their residuals to its active rows, and to the
+    remainder-weighted output increments, without gathering from or
+    scattering into the `[B, H, W, C]` state. When positions halt, the
+    table's rows are written back and the table is rebuilt for the smaller
+    set; at the end its output increments are added to the output. The
+    halting heads read the same rows and a running per-image sum of the
+    state for their global term.
     """
     batch = tf.shape(x)[0]
     area = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
@@ -691,22 +734,22 @@ class SACTBlock(_HaltingBlock):
         neighbours=tf.TensorShape([None, 9]),
         state_sum=tf.TensorShape([None, channels]))
 
-    def write_back(x, output, table, had_table):
-      """x and output with the table's rows added back."""
+    def write_back(x, output, table, had_table, started, weight):
+      """x and output with the table's rows added back; without a table,
+      the output turns from the weighted sum of states into the residual
+      form: `output` + `weight` * x."""
       def add():
         new_x = sparse_lib.add_rows(
             x, table.centres, table.rows - tf.gather_nd(x, table.centres))
         return new_x, sparse_lib.add_rows(output, table.centres,
                                           table.increments)
 
-      # Without a table there is nothing to add, and adding nothing would
-      # still copy both states: they start as one tensor, so neither
-      # `add_rows` may update it in place.
-      return tf.cond(had_table, add, lambda: (x, output))
+      return tf.cond(had_table, add,
+                     lambda: (x, _accumulate(output, weight, x, started)))
 
-    def rebuild(x, output, table, active):
+    def rebuild(x, output, table, active, started, weight):
       had_table = tf.reduce_any(table.active)
-      x, output = write_back(x, output, table, had_table)
+      x, output = write_back(x, output, table, had_table, started, weight)
       centres = sparse_lib.positions(active)
       dilated = sparse_lib.dilate(active)
       rows = tf.gather_nd(x, centres)
@@ -724,12 +767,13 @@ class SACTBlock(_HaltingBlock):
 
     loop_weights = self._loop_weights(training)
 
-    def cond(index, x, output, table, distribution, flops, state):
-      del index, x, output, table, distribution, flops
+    def cond(index, x, output, pending, table, distribution, flops, state):
+      del index, x, output, pending, table, distribution, flops
       return tf.reduce_any(state.active)
 
-    def body(index, x, output, table, distribution, flops, state):
+    def body(index, x, output, pending, table, distribution, flops, state):
       active = state.active
+      started = index > 1
       has_head = index < len(self.halting_heads)
       unit, head, mapping = self._shared_weights(index, loop_weights)
       ones = lambda: tf.ones(mask_shape, x.dtype)
@@ -739,10 +783,23 @@ class SACTBlock(_HaltingBlock):
           unit_flops += tf.where(has_head, head.flops(tf.shape(x), active),
                                  tf.zeros_like(unit_flops))
 
-        def dense_step():
-          new_x, new_output = _residual_step(
-              x, unit.dense_residual(x, training), output, state.remainder,
-              active)
+        def dense_step(everywhere):
+          # `pending` is p_{n-1}; `output` holds sum_{m < n-1} p_m x_m.
+          scale, offset = unit.preact_affine()
+          preact, new_output = tf.cond(
+              started,
+              lambda: _preact_and_accumulate(x, scale, offset, output,
+                                             pending),
+              lambda: _preact_and_weigh(x, scale, offset, pending))
+          # Grappler fuses the add below into the last convolution only
+          # where it can tell that the shapes are equal; inside the branch
+          # it knows them from these static shapes alone.
+          residual = unit.residual_after_preact(
+              tf.ensure_shape(preact, x.shape), training)
+          if everywhere:
+            new_x = tf.ensure_shape(x, x.shape) + residual
+          else:
+            new_x = _masked_add(x, residual, active)
           if head is None:
             return new_x, new_output, table, ones()
           proba = tf.cond(
@@ -755,7 +812,9 @@ class SACTBlock(_HaltingBlock):
           new_x, new_output, new_table = tf.cond(
               tf.reduce_all(tf.equal(table.active, active)),
               lambda: (x, output, table),
-              lambda: rebuild(x, output, table, active))
+              lambda: rebuild(x, output, table, active, started, pending
+                              + tf.where(active, state.remainder,
+                                         tf.zeros_like(pending))))
           residual = unit.residual_from_rows(
               [new_table.rows, new_table.border], new_table.neighbours)
           weights = tf.gather_nd(state.remainder, new_table.centres)
@@ -786,24 +845,31 @@ class SACTBlock(_HaltingBlock):
             tf.logical_not(in_table),
             tf.not_equal(sparse_lib.choose_path(active, self.dense_fraction),
                          sparse_lib.GATHERED))
-        new_x, output, table, halting_proba = tf.cond(dense, dense_step,
-                                                      table_step)
+        path = tf.where(dense, tf.where(tf.reduce_all(active), 0, 1), 2)
+        new_x, output, table, halting_proba = tf.switch_case(
+            path, [lambda: dense_step(everywhere=True),
+                   lambda: dense_step(everywhere=False), table_step])
       new_x.set_shape(x.shape)
       output.set_shape(x.shape)
       halting_proba.set_shape(active.shape)
       new_state, weight = halting.update(state, halting_proba, self.eps)
-      return (index + 1, new_x, output, table,
+      return (index + 1, new_x, output, weight, table,
               self._distribution_step(distribution, weight, index),
               flops + unit_flops, new_state)
 
-    loop_vars = (tf.constant(1), x, x, empty, distribution, flops, state)
+    # `output` holds no term yet (x stands in for it); `pending` is unit
+    # 1's weight.
+    loop_vars = (tf.constant(1), x, x, distribution[..., 0], empty,
+                 distribution, flops, state)
     invariants = tf.nest.map_structure(lambda t: t.shape, loop_vars)
-    invariants = invariants[:3] + (table_shapes,) + invariants[4:]
-    # The output starts at x_1 (see `_sparse_loop`).
-    _, x, output, table, distribution, flops, state = tf.while_loop(
-        cond, body, loop_vars, shape_invariants=invariants,
-        maximum_iterations=len(self.units) - 1)
-    output = sparse_lib.add_rows(output, table.centres, table.increments)
+    invariants = invariants[:4] + (table_shapes,) + invariants[5:]
+    index, x, output, pending, table, distribution, flops, state = (
+        tf.while_loop(cond, body, loop_vars, shape_invariants=invariants,
+                      maximum_iterations=len(self.units) - 1))
+    output = tf.cond(
+        tf.reduce_any(table.active),
+        lambda: sparse_lib.add_rows(output, table.centres, table.increments),
+        lambda: _accumulate(output, pending, x, index > 1))
     return output, distribution, flops, state
 
   def _weighted_sparse_loop(self, x, output, distribution, flops, state,

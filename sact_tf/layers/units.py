@@ -157,18 +157,35 @@ class BottleneckUnit(keras.layers.Layer):
     _check_masked(self, active=True)
     return self._dense_parts(x, training)[1]
 
+  def preact_affine(self):
+    """(scale, offset) `[depth_in]`: at inference the unit's pre-activation
+    is `relu(x * scale + offset)` (see `residual_after_preact`)."""
+    return sparse_lib.batch_norm_affine(self.preact)
+
+  def residual_after_preact(self, preact, training):
+    """`dense_residual(x)` given the pre-activation `relu(BN(x))`.
+
+    For a block that computes the pre-activation itself, fused with other
+    work on `x` (`sact_tf.layers.SACTBlock`); `preact_affine` gives it.
+    """
+    _check_masked(self, active=True)
+    return self._residual(preact, training)
+
   def _dense_parts(self, x, training):
     preact = tf.nn.relu(self.preact(x, training=training))
     if self.shortcut is None:
       shortcut = x[:, ::self.stride, ::self.stride, :]
     else:
       shortcut = self.shortcut(preact)
+    return shortcut, self._residual(preact, training)
+
+  def _residual(self, preact, training):
     residual = tf.nn.relu(self.conv1_bn(self.conv1(preact), training=training))
     if self.stride > 1:
       residual = common.fixed_padding(residual, 3)
     residual = tf.nn.relu(self.conv2_bn(self.conv2(residual),
                                         training=training))
-    return shortcut, self.conv3(residual)
+    return self.conv3(residual)
 
   def gathered(self, x, active):
     """`x` with the unit applied at the `active` positions (inference)."""
