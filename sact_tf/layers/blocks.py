@@ -170,13 +170,6 @@ def _preact_and_weigh(x, scale, offset, weight):
   return tf.nn.relu(x * scale + offset), _expand_to_state(weight) * x
 
 
-def _accumulate(output, weight, x, started):
-  """output + weight * x; weight * x alone if not `started` (a scalar bool:
-  False while `output` holds no term yet)."""
-  return tf.cond(started, lambda: _add_weighted(output, weight, x),
-                 lambda: _expand_to_state(weight) * x)
-
-
 @tf.function(jit_compile=True)
 def _masked_residual_step(x, residual, output, remainder, active):
   """`_residual_step` where not every position is active, in one pass."""
@@ -706,7 +699,8 @@ class SACTBlock(_HaltingBlock):
 
     From the first unit below `dense_fraction`, the output turns into the
     residual form of `_sparse_loop` (x_1 + sum_n R_{n-1} r_n equals
-    sum_{m < n} p_m x_m + R_{n-1} x_{n-1} before unit n, one pass), and the
+    sum_{m < n} p_m x_m + R_{n-1} x_{n-1} before unit n: one pass, none if
+    no unit ran densely, as it is then x_1), and the
     block keeps the state at the active positions and at their 3x3
     neighbours as rows (`_Table`): the units read their neighbourhoods from
     it and add their residuals to its active rows, and to the
@@ -737,15 +731,15 @@ class SACTBlock(_HaltingBlock):
     def write_back(x, output, table, had_table, started, weight):
       """x and output with the table's rows added back; without a table,
       the output turns from the weighted sum of states into the residual
-      form: `output` + `weight` * x."""
+      form: `output` + `weight` * x, or x_1 before any dense step."""
       def add():
         new_x = sparse_lib.add_rows(
             x, table.centres, table.rows - tf.gather_nd(x, table.centres))
         return new_x, sparse_lib.add_rows(output, table.centres,
                                           table.increments)
 
-      return tf.cond(had_table, add,
-                     lambda: (x, _accumulate(output, weight, x, started)))
+      return tf.cond(had_table, add, lambda: (x, tf.cond(
+          started, lambda: _add_weighted(output, weight, x), lambda: x)))
 
     def rebuild(x, output, table, active, started, weight):
       had_table = tf.reduce_any(table.active)
@@ -866,10 +860,14 @@ class SACTBlock(_HaltingBlock):
     index, x, output, pending, table, distribution, flops, state = (
         tf.while_loop(cond, body, loop_vars, shape_invariants=invariants,
                       maximum_iterations=len(self.units) - 1))
+    # Without a table, the last state's term; x_1 if no unit ran (every
+    # position halted at unit 1, with weight 1).
     output = tf.cond(
         tf.reduce_any(table.active),
         lambda: sparse_lib.add_rows(output, table.centres, table.increments),
-        lambda: _accumulate(output, pending, x, index > 1))
+        lambda: tf.cond(index > 1,
+                        lambda: _add_weighted(output, pending, x),
+                        lambda: x))
     return output, distribution, flops, state
 
   def _weighted_sparse_loop(self, x, output, distribution, flops, state,
