@@ -14,13 +14,16 @@ process; run it on a quiet machine.
 2. The in-place row add (`sparse.add_rows`) in a while loop, against
    `tf.tensor_scatter_nd_add`, which copies the state.
 3. The state and output update of a densely evaluated unit in a while loop
-   of 22 units (`blocks._residual_step`), at block-1 and block-3 state
-   sizes: with every position active (TensorFlow's add for the state, XLA
+   of 22 units (`blocks._residual_step`: ACT's working batch, and SACT
+   blocks that keep no table; the table loop's dense steps fold the output
+   update into the pre-activation instead, see section 4), at block-1 and
+   block-3 state sizes: with every position active (TensorFlow's add for the state, XLA
    for the output) against both in the masked step's one XLA pass; with
    90 % active (that one pass) against plain TensorFlow.
 4. A 23-unit SACT block (forced halting) against the plain block, and the
-   same block with a graph per unit (`tf.switch_case` over whole units, and
-   every unit gathering from and scattering into the state).
+   same block with a graph per unit (`tf.switch_case` over whole units,
+   every unit gathering from and scattering into the state, and the dense
+   steps running `_residual_step`).
 5. ACT: one unit of each ResNet-101 block at 224x224 on 4 images against 8
    (the benchmark's working batch after half the images halt): the residual
    branch alone, as the compacted loop runs it, and the whole unit.

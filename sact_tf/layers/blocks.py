@@ -700,16 +700,16 @@ class SACTBlock(_HaltingBlock):
     From the first unit below `dense_fraction`, the output turns into the
     residual form of `_sparse_loop` (x_1 + sum_n R_{n-1} r_n equals
     sum_{m < n} p_m x_m + R_{n-1} x_{n-1} before unit n: one pass, none if
-    no unit ran densely, as it is then x_1), and the
-    block keeps the state at the active positions and at their 3x3
-    neighbours as rows (`_Table`): the units read their neighbourhoods from
-    it and add their residuals to its active rows, and to the
-    remainder-weighted output increments, without gathering from or
-    scattering into the `[B, H, W, C]` state. When positions halt, the
-    table's rows are written back and the table is rebuilt for the smaller
-    set; at the end its output increments are added to the output. The
-    halting heads read the same rows and a running per-image sum of the
-    state for their global term.
+    no unit ran densely, as it is then x_1), and the block keeps the state
+    at the active positions and at their 3x3 neighbours as rows
+    (`_Table`): the units read their neighbourhoods from it and add their
+    residuals to its active rows, and to the remainder-weighted output
+    increments, without gathering from or scattering into the
+    `[B, H, W, C]` state. When positions halt, the table's rows are written
+    back and the table is rebuilt for the smaller set; at the end its
+    output increments are added to the output. The halting heads read the
+    same rows and a running per-image sum of the state for their global
+    term.
     """
     batch = tf.shape(x)[0]
     area = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
@@ -738,6 +738,9 @@ class SACTBlock(_HaltingBlock):
         return new_x, sparse_lib.add_rows(output, table.centres,
                                           table.increments)
 
+      # Without a table there is nothing to write back (adding nothing
+      # would still copy the state and the output, which may be one
+      # tensor).
       return tf.cond(had_table, add, lambda: (x, tf.cond(
           started, lambda: _add_weighted(output, weight, x), lambda: x)))
 

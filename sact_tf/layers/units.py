@@ -31,7 +31,9 @@ For the blocks' inference loops the units also give their residual
 branch alone (new state = x + residual, for units under a mask):
 `dense_residual(x, training)` everywhere, `gathered_residual(x, active)` at
 the active positions, and (`BottleneckUnit`) `residual_from_rows(table,
-neighbours)` from rows of the state that `sact_tf.layers.SACTBlock` keeps.
+neighbours)` from rows of the state that `sact_tf.layers.SACTBlock` keeps,
+and `residual_after_preact(preact, training)` from a pre-activation the
+block computes itself (`preact_affine()` gives its batch norm).
 """
 
 import keras
