@@ -17,9 +17,9 @@ process; run it on a quiet machine.
    of 22 units (`blocks._residual_step`: ACT's working batch, and SACT
    blocks that keep no table; the table loop's dense steps fold the output
    update into the pre-activation instead, see section 4), at block-1 and
-   block-3 state sizes: with every position active (TensorFlow's add for the state, XLA
-   for the output) against both in the masked step's one XLA pass; with
-   90 % active (that one pass) against plain TensorFlow.
+   block-3 state sizes: with every position active (TensorFlow's add for
+   the state, XLA for the output) against both in the masked step's one
+   XLA pass; with 90 % active (that one pass) against plain TensorFlow.
 4. A 23-unit SACT block (forced halting) against the plain block, and the
    same block with a graph per unit (`tf.switch_case` over whole units,
    every unit gathering from and scattering into the state, and the dense

@@ -158,16 +158,12 @@ def _masked_add(x, residual, active):
 
 
 @tf.function(jit_compile=True)
-def _preact_and_accumulate(x, scale, offset, output, weight):
-  """(relu(x * scale + offset), output + weight * x) in one pass over x."""
+def _preact_and_accumulate(x, scale, offset, weight, output=None):
+  """(relu(x * scale + offset), output + weight * x) in one pass over x;
+  weight * x alone where `output` is None."""
+  weighted = _expand_to_state(weight) * x
   return (tf.nn.relu(x * scale + offset),
-          output + _expand_to_state(weight) * x)
-
-
-@tf.function(jit_compile=True)
-def _preact_and_weigh(x, scale, offset, weight):
-  """(relu(x * scale + offset), weight * x) in one pass over x."""
-  return tf.nn.relu(x * scale + offset), _expand_to_state(weight) * x
+          weighted if output is None else output + weighted)
 
 
 @tf.function(jit_compile=True)
@@ -728,10 +724,15 @@ class SACTBlock(_HaltingBlock):
         neighbours=tf.TensorShape([None, 9]),
         state_sum=tf.TensorShape([None, channels]))
 
+    def add_last_term(output, weight, x, started):
+      """output + weight * x; x itself (x_1) before any dense step."""
+      return tf.cond(started, lambda: _add_weighted(output, weight, x),
+                     lambda: x)
+
     def write_back(x, output, table, had_table, started, weight):
       """x and output with the table's rows added back; without a table,
       the output turns from the weighted sum of states into the residual
-      form: `output` + `weight` * x, or x_1 before any dense step."""
+      form (`add_last_term`)."""
       def add():
         new_x = sparse_lib.add_rows(
             x, table.centres, table.rows - tf.gather_nd(x, table.centres))
@@ -741,8 +742,8 @@ class SACTBlock(_HaltingBlock):
       # Without a table there is nothing to write back (adding nothing
       # would still copy the state and the output, which may be one
       # tensor).
-      return tf.cond(had_table, add, lambda: (x, tf.cond(
-          started, lambda: _add_weighted(output, weight, x), lambda: x)))
+      return tf.cond(had_table, add, lambda: (
+          x, add_last_term(output, weight, x, started)))
 
     def rebuild(x, output, table, active, started, weight):
       had_table = tf.reduce_any(table.active)
@@ -764,13 +765,18 @@ class SACTBlock(_HaltingBlock):
 
     loop_weights = self._loop_weights(training)
 
-    def cond(index, x, output, pending, table, distribution, flops, state):
-      del index, x, output, pending, table, distribution, flops
+    def cond(index, x, output, table, distribution, flops, state):
+      del index, x, output, table, distribution, flops
       return tf.reduce_any(state.active)
 
-    def body(index, x, output, pending, table, distribution, flops, state):
+    def last_weight(distribution, index):
+      """p_{index-1}: the weight of the unit before unit `index`."""
+      return tf.gather(distribution, index - 1, axis=-1)
+
+    def body(index, x, output, table, distribution, flops, state):
       active = state.active
       started = index > 1
+      pending = last_weight(distribution, index)
       has_head = index < len(self.halting_heads)
       unit, head, mapping = self._shared_weights(index, loop_weights)
       ones = lambda: tf.ones(mask_shape, x.dtype)
@@ -781,13 +787,13 @@ class SACTBlock(_HaltingBlock):
                                  tf.zeros_like(unit_flops))
 
         def dense_step(everywhere):
-          # `pending` is p_{n-1}; `output` holds sum_{m < n-1} p_m x_m.
+          # `output` holds sum_{m < n-1} p_m x_m (nothing if not started).
           scale, offset = unit.preact_affine()
           preact, new_output = tf.cond(
               started,
-              lambda: _preact_and_accumulate(x, scale, offset, output,
-                                             pending),
-              lambda: _preact_and_weigh(x, scale, offset, pending))
+              lambda: _preact_and_accumulate(x, scale, offset, pending,
+                                             output),
+              lambda: _preact_and_accumulate(x, scale, offset, pending))
           # Grappler fuses the add below into the last convolution only
           # where it can tell that the shapes are equal; inside the branch
           # it knows them from these static shapes alone.
@@ -850,27 +856,24 @@ class SACTBlock(_HaltingBlock):
       output.set_shape(x.shape)
       halting_proba.set_shape(active.shape)
       new_state, weight = halting.update(state, halting_proba, self.eps)
-      return (index + 1, new_x, output, weight, table,
+      return (index + 1, new_x, output, table,
               self._distribution_step(distribution, weight, index),
               flops + unit_flops, new_state)
 
-    # `output` holds no term yet (x stands in for it); `pending` is unit
-    # 1's weight.
-    loop_vars = (tf.constant(1), x, x, distribution[..., 0], empty,
-                 distribution, flops, state)
+    # `output` holds no term yet: x stands in for it.
+    loop_vars = (tf.constant(1), x, x, empty, distribution, flops, state)
     invariants = tf.nest.map_structure(lambda t: t.shape, loop_vars)
-    invariants = invariants[:4] + (table_shapes,) + invariants[5:]
-    index, x, output, pending, table, distribution, flops, state = (
-        tf.while_loop(cond, body, loop_vars, shape_invariants=invariants,
-                      maximum_iterations=len(self.units) - 1))
+    invariants = invariants[:3] + (table_shapes,) + invariants[4:]
+    index, x, output, table, distribution, flops, state = tf.while_loop(
+        cond, body, loop_vars, shape_invariants=invariants,
+        maximum_iterations=len(self.units) - 1)
     # Without a table, the last state's term; x_1 if no unit ran (every
     # position halted at unit 1, with weight 1).
     output = tf.cond(
         tf.reduce_any(table.active),
         lambda: sparse_lib.add_rows(output, table.centres, table.increments),
-        lambda: tf.cond(index > 1,
-                        lambda: _add_weighted(output, pending, x),
-                        lambda: x))
+        lambda: add_last_term(output, last_weight(distribution, index), x,
+                              index > 1))
     return output, distribution, flops, state
 
   def _weighted_sparse_loop(self, x, output, distribution, flops, state,
