@@ -221,6 +221,14 @@ def test_residual_after_preact_is_the_dense_residual():
   expected = unit.dense(x, False) - x
   assert relative_error(unit.residual_after_preact(preact, False),
                         expected) <= 1e-5
+  # With a weight map w: w * residual + (1 - w) * bias.
+  unit.conv3.bias.assign(np.linspace(-1.0, 1.0, 8))
+  expected = unit.dense(x, False) - x
+  weight = tf.random.uniform([2, 5, 6], seed=12)
+  assert relative_error(
+      unit.residual_after_preact(preact, False, weight),
+      weight[..., None] * expected
+      + (1.0 - weight[..., None]) * unit.residual_bias()) <= 1e-5
   strided = units.BottleneckUnit(8, 2, stride=2)
   strided(x)
   with pytest.raises(ValueError, match='stride 2'):
@@ -295,6 +303,11 @@ def make_block(block_cls, num_units=4, depth=8, seed=0, bias=0.0, spread=2.0,
   block = block_cls(unit_list, head_list, **kwargs)
   block.build((None, None, None, depth))
   randomise_batch_norms(block, seed)
+  if block_cls is blocks.SACTBlock:
+    # Non-zero residual biases: SACT's last dense step folds its weight
+    # into the last convolution and corrects the bias term.
+    for unit in unit_list:
+      unit.conv3.bias.assign(rng.normal(0, 0.5, unit.conv3.bias.shape))
   for head in head_list:
     for variable in head.trainable_variables:
       if variable.path.endswith('kernel'):
@@ -355,6 +368,19 @@ def test_sact_block_sparse_equals_dense(size, dense_fraction, bias):
   block = make_block(blocks.SACTBlock, bias=bias,
                      dense_fraction=dense_fraction)
   x = tf.constant(np.random.default_rng(14).normal(0, 1, (*size, 8)),
+                  tf.float32)
+  assert_sparse_equals_dense(block, x)
+
+
+@pytest.mark.parametrize('dense_fraction', [0.01, 0.85])
+@pytest.mark.parametrize('bias', [10.0, -1.0, -10.0])
+def test_two_unit_sact_block_sparse_equals_dense(bias, dense_fraction):
+  # The only loop step is the last unit's, and nothing precedes it in the
+  # output (`_table_loop`'s first and last dense step at once; masked with
+  # bias -1 and dense_fraction 0.01).
+  block = make_block(blocks.SACTBlock, num_units=2, bias=bias,
+                     dense_fraction=dense_fraction)
+  x = tf.constant(np.random.default_rng(16).normal(0, 1, (2, 9, 11, 8)),
                   tf.float32)
   assert_sparse_equals_dense(block, x)
 

@@ -158,12 +158,21 @@ def _masked_add(x, residual, active):
 
 
 @tf.function(jit_compile=True)
-def _preact_and_accumulate(x, scale, offset, weight, output=None):
-  """(relu(x * scale + offset), output + weight * x) in one pass over x;
-  weight * x alone where `output` is None."""
+def _preact(x, scale, offset):
+  """relu(x * scale + offset), a unit's pre-activation, in one pass."""
+  return tf.nn.relu(x * scale + offset)
+
+
+@tf.function(jit_compile=True)
+def _accumulate(x, weight, output=None, bias=None):
+  """output + weight * x (weight * x where `output` is None), in one pass.
+
+  With `bias` = (w `[B, H, W]`, b `[C]`), (w - 1) * b is added too.
+  """
   weighted = _expand_to_state(weight) * x
-  return (tf.nn.relu(x * scale + offset),
-          weighted if output is None else output + weighted)
+  if bias is not None:
+    weighted += (_expand_to_state(bias[0]) - 1.0) * bias[1]
+  return weighted if output is None else output + weighted
 
 
 @tf.function(jit_compile=True)
@@ -684,14 +693,18 @@ class SACTBlock(_HaltingBlock):
 
     While at least `dense_fraction` of the positions are active, the units
     run densely, and the output is the weighted sum of the states, one unit
-    behind: unit n reads x_{n-1} for its pre-activation relu(BN(x_{n-1})),
-    and the same pass adds p_{n-1} x_{n-1} to the output (one XLA call,
-    `_preact_and_accumulate`). Unit n then adds its residual to x_{n-1} as
-    the plain network does (Grappler fuses that add into the last
-    convolution, which writes into the state's buffer). One elementwise
-    pass over the state per unit in place of five: the pre-activation's
-    three (multiply, add, ReLU), the residual's add and the output update of
-    `_residual_step`. After the loop the last state's term is added.
+    behind: unit n computes its pre-activation relu(BN(x_{n-1})) in one
+    pass (`_preact`), and a second pass, which runs beside it, adds
+    p_{n-1} x_{n-1} to the output (`_accumulate`). Unit n then adds its
+    residual to x_{n-1} as the plain network does (Grappler fuses that add
+    into the last convolution, which writes into the state's buffer): two
+    elementwise passes over the state per unit in place of five (the
+    pre-activation's multiply, add and ReLU, the residual's add and the
+    output update of `_residual_step`). The last unit's weight p_L is known
+    before it runs (the remainder), so its step adds (p_{L-1} + p_L) x_{L-1}
+    and, through its last convolution, p_L r_L: the output is complete
+    without x_L. (When positions halt before unit L, the last state's term
+    is added after the loop.)
 
     From the first unit below `dense_fraction`, the output turns into the
     residual form of `_sparse_loop` (x_1 + sum_n R_{n-1} r_n equals
@@ -764,6 +777,7 @@ class SACTBlock(_HaltingBlock):
                             lambda: tf.reduce_sum(x, axis=[1, 2])))
 
     loop_weights = self._loop_weights(training)
+    last_index = len(self.units) - 1
 
     def cond(index, x, output, table, distribution, flops, state):
       del index, x, output, table, distribution, flops
@@ -786,19 +800,35 @@ class SACTBlock(_HaltingBlock):
           unit_flops += tf.where(has_head, head.flops(tf.shape(x), active),
                                  tf.zeros_like(unit_flops))
 
-        def dense_step(everywhere):
+        def dense_step(everywhere, last=False):
           # `output` holds sum_{m < n-1} p_m x_m (nothing if not started).
           scale, offset = unit.preact_affine()
-          preact, new_output = tf.cond(
-              started,
-              lambda: _preact_and_accumulate(x, scale, offset, pending,
-                                             output),
-              lambda: _preact_and_accumulate(x, scale, offset, pending))
-          # Grappler fuses the add below into the last convolution only
+          weight, bias = pending, None
+          if last:
+            # The last unit's weight p_L is the remainder where it runs:
+            # the output is complete after it, as sum_{m < L-1} p_m x_m +
+            # (p_{L-1} + p_L) x_{L-1} + p_L r_L, and p_L r_L comes out of
+            # the last convolution (`residual_after_preact` with a weight,
+            # whose bias term the pass corrects). x_L is not needed, and
+            # no pass over the state follows the loop.
+            final = tf.where(active, state.remainder, tf.zeros_like(pending))
+            weight, bias = pending + final, (final, unit.residual_bias())
+          # Two XLA calls, not one: the executor runs them side by side
+          # (one call ran its two loops one after the other, each on one
+          # thread), and the unit's convolutions need the first only.
+          new_output = tf.cond(
+              started, lambda: _accumulate(x, weight, output, bias),
+              lambda: _accumulate(x, weight, bias=bias))
+          # Grappler fuses the adds below into the last convolution only
           # where it can tell that the shapes are equal; inside the branch
           # it knows them from these static shapes alone.
-          residual = unit.residual_after_preact(
-              tf.ensure_shape(preact, x.shape), training)
+          preact = tf.ensure_shape(_preact(x, scale, offset), x.shape)
+          if last:
+            residual = unit.residual_after_preact(
+                preact, training, tf.ensure_shape(final, x.shape[:-1]))
+            return (x, tf.ensure_shape(new_output, x.shape) + residual,
+                    table, ones())
+          residual = unit.residual_after_preact(preact, training)
           if everywhere:
             new_x = tf.ensure_shape(x, x.shape) + residual
           else:
@@ -848,10 +878,13 @@ class SACTBlock(_HaltingBlock):
             tf.logical_not(in_table),
             tf.not_equal(sparse_lib.choose_path(active, self.dense_fraction),
                          sparse_lib.GATHERED))
-        path = tf.where(dense, tf.where(tf.reduce_all(active), 0, 1), 2)
+        path = tf.where(
+            dense, tf.where(index == last_index, 3,
+                            tf.where(tf.reduce_all(active), 0, 1)), 2)
         new_x, output, table, halting_proba = tf.switch_case(
             path, [lambda: dense_step(everywhere=True),
-                   lambda: dense_step(everywhere=False), table_step])
+                   lambda: dense_step(everywhere=False), table_step,
+                   lambda: dense_step(everywhere=False, last=True)])
       new_x.set_shape(x.shape)
       output.set_shape(x.shape)
       halting_proba.set_shape(active.shape)
@@ -867,13 +900,16 @@ class SACTBlock(_HaltingBlock):
     index, x, output, table, distribution, flops, state = tf.while_loop(
         cond, body, loop_vars, shape_invariants=invariants,
         maximum_iterations=len(self.units) - 1)
-    # Without a table, the last state's term; x_1 if no unit ran (every
-    # position halted at unit 1, with weight 1).
-    output = tf.cond(
-        tf.reduce_any(table.active),
-        lambda: sparse_lib.add_rows(output, table.centres, table.increments),
-        lambda: add_last_term(output, last_weight(distribution, index), x,
-                              index > 1))
+    # Without a table, the last state's term, unless the last unit ran
+    # densely and added it; x_1 if no unit ran (every position halted at
+    # unit 1, with weight 1).
+    output = tf.switch_case(
+        tf.where(tf.reduce_any(table.active), 0,
+                 tf.where(index > last_index, 1, 2)),
+        [lambda: sparse_lib.add_rows(output, table.centres, table.increments),
+         lambda: output,
+         lambda: add_last_term(output, last_weight(distribution, index), x,
+                               index > 1)])
     return output, distribution, flops, state
 
   def _weighted_sparse_loop(self, x, output, distribution, flops, state,

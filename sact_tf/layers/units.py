@@ -164,14 +164,24 @@ class BottleneckUnit(keras.layers.Layer):
     is `relu(x * scale + offset)` (see `residual_after_preact`)."""
     return sparse_lib.batch_norm_affine(self.preact)
 
-  def residual_after_preact(self, preact, training):
+  def residual_after_preact(self, preact, training, weight=None):
     """`dense_residual(x)` given the pre-activation `relu(BN(x))`.
 
     For a block that computes the pre-activation itself, fused with other
     work on `x` (`sact_tf.layers.SACTBlock`); `preact_affine` gives it.
+    With `weight` (`[B, H, W]`), `weight * residual + (1 - weight) *
+    residual_bias()` instead: the last convolution applied to its input
+    scaled by `weight`, which costs a pass over the bottleneck's channels
+    rather than one over the output's.
     """
     _check_masked(self, active=True)
-    return self._residual(preact, training)
+    return self._residual(preact, training, weight)
+
+  def residual_bias(self):
+    """`[depth]`: the residual's bias, the last convolution's."""
+    if self.conv3.use_bias:
+      return tf.convert_to_tensor(self.conv3.bias)
+    return tf.zeros([self.depth], self.compute_dtype)
 
   def _dense_parts(self, x, training):
     preact = tf.nn.relu(self.preact(x, training=training))
@@ -181,12 +191,14 @@ class BottleneckUnit(keras.layers.Layer):
       shortcut = self.shortcut(preact)
     return shortcut, self._residual(preact, training)
 
-  def _residual(self, preact, training):
+  def _residual(self, preact, training, weight=None):
     residual = tf.nn.relu(self.conv1_bn(self.conv1(preact), training=training))
     if self.stride > 1:
       residual = common.fixed_padding(residual, 3)
     residual = tf.nn.relu(self.conv2_bn(self.conv2(residual),
                                         training=training))
+    if weight is not None:
+      residual = residual * weight[..., tf.newaxis]
     return self.conv3(residual)
 
   def gathered(self, x, active):
