@@ -779,15 +779,25 @@ class SACTBlock(_HaltingBlock):
     loop_weights = self._loop_weights(training)
     last_index = len(self.units) - 1
 
-    def cond(index, x, output, table, distribution, flops, state):
-      del index, x, output, table, distribution, flops
+    def cond(index, x, output, preact, table, distribution, flops, state):
+      del index, x, output, preact, table, distribution, flops
       return tf.reduce_any(state.active)
 
     def last_weight(distribution, index):
       """p_{index-1}: the weight of the unit before unit `index`."""
       return tf.gather(distribution, index - 1, axis=-1)
 
-    def body(index, x, output, table, distribution, flops, state):
+    def preact_of(index, x):
+      """Unit `index`'s pre-activation relu(BN(x)) (`_preact`)."""
+      unit, _, mapping = self._shared_weights(index, loop_weights)
+      with keras.StatelessScope(state_mapping=mapping):
+        scale, offset = unit.preact_affine()
+      # A static shape: see the Grappler note in `dense_step`.
+      return tf.ensure_shape(_preact(x, scale, offset), x.shape)
+
+    def body(index, x, output, preact, table, distribution, flops, state):
+      # `preact`: unit `index`'s pre-activation of x where the step before
+      # was dense (or, at unit 2, will be); anything otherwise.
       active = state.active
       started = index > 1
       pending = last_weight(distribution, index)
@@ -802,7 +812,6 @@ class SACTBlock(_HaltingBlock):
 
         def dense_step(everywhere, last=False):
           # `output` holds sum_{m < n-1} p_m x_m (nothing if not started).
-          scale, offset = unit.preact_affine()
           weight, bias = pending, None
           if last:
             # The last unit's weight p_L is the remainder where it runs:
@@ -813,33 +822,36 @@ class SACTBlock(_HaltingBlock):
             # no pass over the state follows the loop.
             final = tf.where(active, state.remainder, tf.zeros_like(pending))
             weight, bias = pending + final, (final, unit.residual_bias())
-          # Two XLA calls, not one: the executor runs them side by side
-          # (one call ran its two loops one after the other, each on one
-          # thread), and the unit's convolutions need the first only.
+          # The pre-activation came from the step before, computed as soon
+          # as x was (not after the halting bookkeeping). The output update
+          # is an XLA call of its own, which runs beside the convolutions.
           new_output = tf.cond(
               started, lambda: _accumulate(x, weight, output, bias),
               lambda: _accumulate(x, weight, bias=bias))
           # Grappler fuses the adds below into the last convolution only
           # where it can tell that the shapes are equal; inside the branch
           # it knows them from these static shapes alone.
-          preact = tf.ensure_shape(_preact(x, scale, offset), x.shape)
+          current = tf.ensure_shape(preact, x.shape)
           if last:
             residual = unit.residual_after_preact(
-                preact, training, tf.ensure_shape(final, x.shape[:-1]))
+                current, training, tf.ensure_shape(final, x.shape[:-1]))
             return (x, tf.ensure_shape(new_output, x.shape) + residual,
-                    table, ones())
-          residual = unit.residual_after_preact(preact, training)
+                    preact, table, ones())
+          residual = unit.residual_after_preact(current, training)
           if everywhere:
             new_x = tf.ensure_shape(x, x.shape) + residual
           else:
             new_x = _masked_add(x, residual, active)
+          # The next unit's pre-activation (wasted if the next step is a
+          # table step or there is none: once per block at most).
+          next_preact = preact_of(index + 1, new_x)
           if head is None:
-            return new_x, new_output, table, ones()
+            return new_x, new_output, next_preact, table, ones()
           proba = tf.cond(
               has_head,
               lambda: self._call_head(head, self._heads_take_active[1], new_x,
                                       active, training), ones)
-          return new_x, new_output, table, proba
+          return new_x, new_output, next_preact, table, proba
 
         def table_step():
           new_x, new_output, new_table = tf.cond(
@@ -861,7 +873,7 @@ class SACTBlock(_HaltingBlock):
                   tf.one_hot(new_table.centres[:, 0], batch, dtype=x.dtype),
                   residual, transpose_a=True))
           if head is None:
-            return new_x, new_output, new_table, ones()
+            return new_x, new_output, preact, new_table, ones()
 
           def scores():
             rows = head.scores_from_rows(
@@ -870,8 +882,8 @@ class SACTBlock(_HaltingBlock):
             return tf.scatter_nd(new_table.centres, rows,
                                  tf.cast(mask_shape, tf.int64))
 
-          return new_x, new_output, new_table, tf.cond(has_head, scores,
-                                                       ones)
+          return (new_x, new_output, preact, new_table,
+                  tf.cond(has_head, scores, ones))
 
         in_table = tf.reduce_any(table.active)
         dense = tf.logical_and(
@@ -881,23 +893,30 @@ class SACTBlock(_HaltingBlock):
         path = tf.where(
             dense, tf.where(index == last_index, 3,
                             tf.where(tf.reduce_all(active), 0, 1)), 2)
-        new_x, output, table, halting_proba = tf.switch_case(
+        new_x, output, preact, table, halting_proba = tf.switch_case(
             path, [lambda: dense_step(everywhere=True),
                    lambda: dense_step(everywhere=False), table_step,
                    lambda: dense_step(everywhere=False, last=True)])
-      new_x.set_shape(x.shape)
-      output.set_shape(x.shape)
+      for tensor in (new_x, output, preact):
+        tensor.set_shape(x.shape)
       halting_proba.set_shape(active.shape)
       new_state, weight = halting.update(state, halting_proba, self.eps)
-      return (index + 1, new_x, output, table,
+      return (index + 1, new_x, output, preact, table,
               self._distribution_step(distribution, weight, index),
               flops + unit_flops, new_state)
 
-    # `output` holds no term yet: x stands in for it.
-    loop_vars = (tf.constant(1), x, x, empty, distribution, flops, state)
+    # `output` holds no term yet: x stands in for it, and for unit 2's
+    # pre-activation where the first step is a table step.
+    first = sparse_lib.choose_path(state.active, self.dense_fraction)
+    preact = tf.cond(
+        tf.logical_or(tf.equal(first, sparse_lib.ALL_ACTIVE),
+                      tf.equal(first, sparse_lib.DENSE_MASKED)),
+        lambda: preact_of(1, x), lambda: x)
+    loop_vars = (tf.constant(1), x, x, preact, empty, distribution, flops,
+                 state)
     invariants = tf.nest.map_structure(lambda t: t.shape, loop_vars)
-    invariants = invariants[:3] + (table_shapes,) + invariants[4:]
-    index, x, output, table, distribution, flops, state = tf.while_loop(
+    invariants = invariants[:4] + (table_shapes,) + invariants[5:]
+    index, x, output, _, table, distribution, flops, state = tf.while_loop(
         cond, body, loop_vars, shape_invariants=invariants,
         maximum_iterations=len(self.units) - 1)
     # Without a table, the last state's term, unless the last unit ran
