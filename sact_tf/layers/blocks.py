@@ -654,6 +654,7 @@ class SACTBlock(_HaltingBlock):
         and all(hasattr(unit, 'residual_from_rows')
                 and hasattr(unit, 'residual_after_preact')
                 and hasattr(unit, 'preact_affine')
+                and hasattr(unit, 'residual_bias')
                 for unit in self.units[1:])
         and all(hasattr(head, 'scores_from_rows')
                 for head in self.halting_heads[1:])):
@@ -693,18 +694,20 @@ class SACTBlock(_HaltingBlock):
 
     While at least `dense_fraction` of the positions are active, the units
     run densely, and the output is the weighted sum of the states, one unit
-    behind: unit n computes its pre-activation relu(BN(x_{n-1})) in one
-    pass (`_preact`), and a second pass, which runs beside it, adds
-    p_{n-1} x_{n-1} to the output (`_accumulate`). Unit n then adds its
-    residual to x_{n-1} as the plain network does (Grappler fuses that add
-    into the last convolution, which writes into the state's buffer): two
-    elementwise passes over the state per unit in place of five (the
-    pre-activation's multiply, add and ReLU, the residual's add and the
-    output update of `_residual_step`). The last unit's weight p_L is known
-    before it runs (the remainder), so its step adds (p_{L-1} + p_L) x_{L-1}
-    and, through its last convolution, p_L r_L: the output is complete
-    without x_L. (When positions halt before unit L, the last state's term
-    is added after the loop.)
+    behind: unit n's pre-activation relu(BN(x_{n-1})) is one pass
+    (`_preact`), made by the step before as soon as x_{n-1} is (not after
+    that step's halting bookkeeping), and a second pass adds p_{n-1} x_{n-1}
+    to the output (`_accumulate`, a call of its own: one XLA call for both
+    ran their loops one after the other, each on one thread). Unit n then
+    adds its residual to x_{n-1} as the plain network does (Grappler fuses
+    that add into the last convolution, which writes into the state's
+    buffer): two elementwise passes over the state per unit in place of
+    five (the pre-activation's multiply, add and ReLU, the residual's add
+    and the output update of `_residual_step`). The last unit's weight p_L
+    is known before it runs (the remainder), so its step adds
+    (p_{L-1} + p_L) x_{L-1} and, through its last convolution, p_L r_L:
+    the output is complete without x_L. (When positions halt before unit
+    L, the last state's term is added after the loop.)
 
     From the first unit below `dense_fraction`, the output turns into the
     residual form of `_sparse_loop` (x_1 + sum_n R_{n-1} r_n equals
@@ -822,9 +825,7 @@ class SACTBlock(_HaltingBlock):
             # no pass over the state follows the loop.
             final = tf.where(active, state.remainder, tf.zeros_like(pending))
             weight, bias = pending + final, (final, unit.residual_bias())
-          # The pre-activation came from the step before, computed as soon
-          # as x was (not after the halting bookkeeping). The output update
-          # is an XLA call of its own, which runs beside the convolutions.
+          # The pre-activation came from the step before (see the doc).
           new_output = tf.cond(
               started, lambda: _accumulate(x, weight, output, bias),
               lambda: _accumulate(x, weight, bias=bias))
