@@ -15,8 +15,8 @@ process; run it on a quiet machine.
    `tf.tensor_scatter_nd_add`, which copies the state.
 3. The state and output update of a densely evaluated unit in a while loop
    of 22 units (`blocks._residual_step`: ACT's working batch, and SACT
-   blocks that keep no table; the table loop's dense steps fold the output
-   update into the pre-activation instead, see section 4), at block-1 and
+   blocks that keep no table; the table loop's dense steps update the
+   output from the states instead, see section 4), at block-1 and
    block-3 state sizes: with every position active (TensorFlow's add for
    the state, XLA for the output) against both in the masked step's one
    XLA pass; with 90 % active (that one pass) against plain TensorFlow.

@@ -790,6 +790,13 @@ class SACTBlock(_HaltingBlock):
       """p_{index-1}: the weight of the unit before unit `index`."""
       return tf.gather(distribution, index - 1, axis=-1)
 
+    def runs_densely(active):
+      """Whether a unit under `active` runs densely (it has positions to
+      run, and at least `dense_fraction` of them)."""
+      path = sparse_lib.choose_path(active, self.dense_fraction)
+      return tf.logical_or(tf.equal(path, sparse_lib.ALL_ACTIVE),
+                           tf.equal(path, sparse_lib.DENSE_MASKED))
+
     def preact_of(index, x):
       """Unit `index`'s pre-activation relu(BN(x)) (`_preact`)."""
       unit, _, mapping = self._shared_weights(index, loop_weights)
@@ -886,11 +893,9 @@ class SACTBlock(_HaltingBlock):
           return (new_x, new_output, preact, new_table,
                   tf.cond(has_head, scores, ones))
 
-        in_table = tf.reduce_any(table.active)
-        dense = tf.logical_and(
-            tf.logical_not(in_table),
-            tf.not_equal(sparse_lib.choose_path(active, self.dense_fraction),
-                         sparse_lib.GATHERED))
+        # Some position is active here (the loop's condition).
+        dense = tf.logical_and(tf.logical_not(tf.reduce_any(table.active)),
+                               runs_densely(active))
         path = tf.where(
             dense, tf.where(index == last_index, 3,
                             tf.where(tf.reduce_all(active), 0, 1)), 2)
@@ -908,11 +913,8 @@ class SACTBlock(_HaltingBlock):
 
     # `output` holds no term yet: x stands in for it, and for unit 2's
     # pre-activation where the first step is a table step.
-    first = sparse_lib.choose_path(state.active, self.dense_fraction)
-    preact = tf.cond(
-        tf.logical_or(tf.equal(first, sparse_lib.ALL_ACTIVE),
-                      tf.equal(first, sparse_lib.DENSE_MASKED)),
-        lambda: preact_of(1, x), lambda: x)
+    preact = tf.cond(runs_densely(state.active), lambda: preact_of(1, x),
+                     lambda: x)
     loop_vars = (tf.constant(1), x, x, preact, empty, distribution, flops,
                  state)
     invariants = tf.nest.map_structure(lambda t: t.shape, loop_vars)
