@@ -13,7 +13,10 @@ Sections (all on random weights, inference unless stated):
     blob holding a fraction f of the positions stays active and runs every
     unit; the rest halts.
   act: ACT ResNet-101 at 224x224, batch 8: half the images halt after the
-    first unit of each block, the other half runs every unit.
+    first unit of each block, the other half runs every unit. A third row
+    runs the plain units 2..L on the four running images only, without
+    halting, loop or output sum: the floor that the half batch alone sets
+    for compaction (oneDNN convolutions are less efficient on it).
   train: one training step (forward, backward, SGD update) of SACT, ACT and
     plain ResNet-50 at 224x224, batch 4, with the real halting heads.
   break_even: the SACT extractor near full density, gathered (dense_fraction
@@ -66,6 +69,8 @@ def define_flags():
 
 SACT_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 BREAK_EVEN_FRACTIONS = (0.6, 0.7, 0.8, 0.9)
+# The ACT table's floor row (`ActiveImagesNetwork`).
+FLOOR = 'plain units, active images only'
 
 
 class FixedHaltingHead(keras.layers.Layer):
@@ -180,6 +185,50 @@ class Network(keras.layers.Layer):
     return x, flops
 
 
+class ActiveImagesNetwork(Network):
+  """The plain network with units 2..L of each block run on the given images
+  only: what ACT compaction would cost with no halting, no loop and no
+  output sum, i.e. the floor that the smaller batch alone sets.
+
+  Args:
+    units: units per block.
+    active: bool `[B]`, the images that ACT keeps running after each block's
+      first unit.
+    **kwargs: as for `Network` (with model_type 'resnet').
+  """
+
+  def __init__(self, units, active, **kwargs):
+    super().__init__(units, 'resnet', **kwargs)
+    self.active = np.asarray(active, bool)
+
+  def build(self, input_shape):
+    # The units build at their first call; the blocks only hold them.
+    del input_shape
+
+  def call(self, images):
+    """(logits or features, FLOPs per image `[B]`), as `Network.call`."""
+    x, flops = self.stem_and_pool(images)
+    rows = np.flatnonzero(self.active)[:, np.newaxis]
+    for block in self.blocks:
+      # A unit's FLOPs need it built: count after the call.
+      first, shape = block.units[0], tf.shape(x)
+      x = first(x, None, training=False)
+      flops += first.flops(shape, None)
+      working = tf.gather_nd(x, rows)
+      for unit in block.units[1:]:
+        shape = tf.shape(working)
+        working = unit(working, None, training=False)
+        flops += tf.where(self.active, unit.flops(shape, None),
+                          tf.constant(0, tf.int64))
+      x = tf.tensor_scatter_nd_update(x, rows, working)
+    if self.classify:
+      x = tf.reduce_mean(tf.nn.relu(self.postnorm(x, training=False)),
+                         axis=[1, 2], keepdims=True)
+      flops += flops_lib.conv_flops(1, 1, x.shape[-1], 1001)
+      x = self.logits(x)
+    return x, flops
+
+
 Timing = collections.namedtuple('Timing', ['wall', 'cpu'])
 
 
@@ -286,7 +335,8 @@ def sact_section(runs, warmup, fractions=SACT_FRACTIONS,
 
 def act_section(runs, warmup, height=224, width=224, batch=8,
                 units=(3, 4, 23, 3)):
-  """Rows of the ACT table: compacted and dense-masked evaluation."""
+  """Rows of the ACT table: compacted and dense-masked evaluation, and the
+  floor that the smaller batch sets (`ActiveImagesNetwork`)."""
   images = tf.random.uniform([batch, height, width, 3], -1, 1, seed=0)
   halting = np.arange(batch) < batch // 2
   scores = [np.where(halting, 1.0, 0.0)] * len(units)
@@ -297,10 +347,12 @@ def act_section(runs, warmup, height=224, width=224, batch=8,
   for name, kwargs in variants.items():
     functions[name], flops[name] = compiled_network(
         Network(units, first_scores=scores, **kwargs), images)
+  functions[FLOOR], flops[FLOOR] = compiled_network(
+      ActiveImagesNetwork(units, np.logical_not(halting)), images)
   times = median_times(functions, runs, warmup)
   rows = [ratio_row(name, flops[name], times[name], flops['plain'],
                     times['plain'])
-          for name in ('compacted', 'dense-masked')]
+          for name in ('compacted', 'dense-masked', FLOOR)]
   return rows, describe_base(flops['plain'], times['plain'])
 
 

@@ -612,3 +612,28 @@ def test_benchmark_forces_a_blob_after_the_first_unit():
     np.testing.assert_array_equal(out['num_units'][0],
                                   np.where(blob, num_units, 1))
     x = out['output']
+
+
+def test_benchmark_floor_runs_later_units_on_the_active_images_only():
+  units_per_block = (2, 3, 1, 2)
+  active = np.array([False, True, False, True])
+  scores = [np.where(active, 0.0, 1.0)] * 4
+  images = tf.random.uniform([4, 32, 32, 3], -1, 1, seed=1)
+  act = sparse_speed.Network(units_per_block, 'act', scores, base_channels=2)
+  plain = sparse_speed.Network(units_per_block, 'resnet', base_channels=2)
+  floor = sparse_speed.ActiveImagesNetwork(units_per_block, active,
+                                           base_channels=2)
+  _, act_flops = act(images)
+  plain_logits, plain_flops = plain(images)
+  floor(images)
+  floor.set_weights(plain.get_weights())
+  floor_logits, floor_flops = floor(images)
+  # The forced heads cost nothing: the same FLOPs as ACT, per image.
+  np.testing.assert_array_equal(floor_flops, act_flops)
+  assert np.all(floor_flops.numpy()[~active] < plain_flops.numpy()[~active])
+  np.testing.assert_array_equal(floor_flops.numpy()[active],
+                                plain_flops.numpy()[active])
+  # The running images get the plain network's answer.
+  np.testing.assert_allclose(floor_logits.numpy()[active],
+                             plain_logits.numpy()[active], rtol=1e-5,
+                             atol=1e-5)
