@@ -1,6 +1,6 @@
 r"""Wall time of sparse ACT / SACT execution against plain ResNets.
 
-Run by hand (the default sections take about 15 minutes on 2 cores):
+Run by hand (the default sections take about 7 minutes on 2 cores):
 
   python -m benchmarks.sparse_speed                  # the README table
   python -m benchmarks.sparse_speed --sections=break_even
