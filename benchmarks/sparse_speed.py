@@ -200,6 +200,11 @@ class ActiveImagesNetwork(Network):
   def __init__(self, units, active, **kwargs):
     super().__init__(units, 'resnet', **kwargs)
     self.active = np.asarray(active, bool)
+    if self.active.ndim != 1 or not self.active.any():
+      raise ValueError(
+          f'active must be a [B] mask with some image True, got '
+          f'{self.active.tolist()!r}: the later units have nothing to run '
+          'otherwise (and oneDNN convolutions fail on an empty batch).')
 
   def build(self, input_shape):
     # The units build at their first call; the blocks only hold them.

@@ -637,3 +637,8 @@ def test_benchmark_floor_runs_later_units_on_the_active_images_only():
   np.testing.assert_allclose(floor_logits.numpy()[active],
                              plain_logits.numpy()[active], rtol=1e-5,
                              atol=1e-5)
+
+
+def test_benchmark_floor_needs_a_running_image():
+  with pytest.raises(ValueError, match='some image True'):
+    sparse_speed.ActiveImagesNetwork((1, 1, 1, 1), [False, False])
