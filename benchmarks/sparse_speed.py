@@ -171,18 +171,22 @@ class Network(keras.layers.Layer):
         architectures.IMAGENET_STEM_CHANNELS)
     return tf.nn.max_pool2d(x, 3, 2, 'SAME'), flops
 
-  def call(self, images):
-    """(features or logits, FLOPs per image `[B]`)."""
-    x, flops = self.stem_and_pool(images)
-    for block in self.blocks:
-      out = block(x, training=False)
-      x, flops = out['output'], flops + out['flops']
+  def classify_features(self, x, flops):
+    """(logits, FLOPs) with the classifier head's; (x, flops) without one."""
     if self.classify:
       x = tf.reduce_mean(tf.nn.relu(self.postnorm(x, training=False)),
                          axis=[1, 2], keepdims=True)
       flops += flops_lib.conv_flops(1, 1, x.shape[-1], 1001)
       x = self.logits(x)
     return x, flops
+
+  def call(self, images):
+    """(features or logits, FLOPs per image `[B]`)."""
+    x, flops = self.stem_and_pool(images)
+    for block in self.blocks:
+      out = block(x, training=False)
+      x, flops = out['output'], flops + out['flops']
+    return self.classify_features(x, flops)
 
 
 class ActiveImagesNetwork(Network):
@@ -226,12 +230,7 @@ class ActiveImagesNetwork(Network):
         flops += tf.where(self.active, unit.flops(shape, None),
                           tf.constant(0, tf.int64))
       x = tf.tensor_scatter_nd_update(x, rows, working)
-    if self.classify:
-      x = tf.reduce_mean(tf.nn.relu(self.postnorm(x, training=False)),
-                         axis=[1, 2], keepdims=True)
-      flops += flops_lib.conv_flops(1, 1, x.shape[-1], 1001)
-      x = self.logits(x)
-    return x, flops
+    return self.classify_features(x, flops)
 
 
 Timing = collections.namedtuple('Timing', ['wall', 'cpu'])
