@@ -3,14 +3,20 @@ r"""FLOPs-accuracy plot (the paper's fig. 7) from evaluation JSONs.
   python -m experiments.plot_flops --output=fig7.png \
       --eval_json='runs/sact_*/eval_validation_*px.json,runs/resnet101'
 
---eval_json takes comma-separated files, globs and run directories (all
-their eval_*.json). Runs of one model (type and layout) are joined by a line
-in FLOPs order; points are labelled by what varies among them (tau,
-evaluation image size).
+--eval_json takes comma-separated files, globs and run directories. A
+directory or a glob gives the runs' standard results only
+(eval_<split>_<size>px.json: every example, the run's own settings, its
+latest checkpoint); the other records they match (partial evaluations,
+other settings, older checkpoints: eval_test_32px_first20.json, ..._tau0.9,
+..._step600) are skipped and listed. Name such a file to plot it; a partial
+one is plotted with a warning. Runs of one model (type and layout) are
+joined by a line in FLOPs order; points are labelled by what varies among
+them (tau, evaluation image size).
 """
 
 import glob
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -28,17 +34,19 @@ flags.DEFINE_string('output', None, 'PNG file to write.', **_fv)
 flags.DEFINE_string('title', 'FLOPs vs top-1 accuracy', 'Plot title.', **_fv)
 
 
-def expand_paths(spec):
-  """The JSON files named by a comma-separated list of files/globs/dirs.
+def expand(spec):
+  """(path, named) of the JSON files named by a comma-separated list of
+  files/globs/dirs; `named` is True for a file given by its name.
 
   Raises:
     FileNotFoundError: a file, pattern or directory names no JSON.
   """
-  paths = []
+  paths = {}
   for part in (p.strip() for p in spec.split(',')):
     if not part:
       continue
     part = os.path.expanduser(part)
+    named = False
     if glob.has_magic(part):
       found = sorted(glob.glob(part))
       if not found:
@@ -50,14 +58,54 @@ def expand_paths(spec):
         raise FileNotFoundError(f'{part} holds no eval_*.json: evaluate the '
                                 'run first (--mode=eval).')
     elif os.path.exists(part):
-      found = [part]
+      found, named = [part], True
     else:
       raise FileNotFoundError(f'No such file: {part}')
-    paths.extend(found)
-  unique = list(dict.fromkeys(os.path.realpath(p) for p in paths))
-  if not unique:
+    for path in found:
+      path = os.path.realpath(path)
+      paths[path] = paths.get(path, False) or named
+  if not paths:
     raise FileNotFoundError('--eval_json names no file.')
-  return unique
+  return list(paths.items())
+
+
+def expand_paths(spec):
+  """The JSON files named by a comma-separated list of files/globs/dirs.
+
+  Raises:
+    FileNotFoundError: a file, pattern or directory names no JSON.
+  """
+  return [path for path, _ in expand(spec)]
+
+
+def read_summaries(spec):
+  """The evaluation records to plot, and the names of those skipped.
+
+  Globs and directories give standard records only; named files are read
+  whatever they hold (a partial one with a warning on stderr).
+
+  Raises:
+    FileNotFoundError: a file, pattern or directory names no JSON.
+    ValueError: a file is no evaluation record, or every one was skipped.
+  """
+  summaries, skipped = [], []
+  for path, named in expand(spec):
+    summary = evaluation.read_result(path)
+    if named:
+      if summary.get('partial'):
+        print(f'Warning: {path} is a partial evaluation '
+              f'({evaluation.describe(summary)}); its point is not '
+              'comparable with full evaluations.', file=sys.stderr,
+              flush=True)
+    elif not evaluation.is_standard(path, summary):
+      skipped.append(os.path.basename(path))
+      continue
+    summaries.append(summary)
+  if not summaries:
+    raise ValueError(
+        f'--eval_json matches only records that are not a run\'s standard '
+        f'result ({", ".join(skipped)}): name the files to plot them.')
+  return summaries, skipped
 
 
 def _depth(model):
@@ -106,11 +154,14 @@ def plot_runs(summaries):
 def main(argv):
   common.parse(FLAGS, argv)
   common.require(FLAGS, 'eval_json', 'output')
-  paths = expand_paths(FLAGS.eval_json)
   try:
-    summaries = [evaluation.read_result(path) for path in paths]
+    summaries, skipped = read_summaries(FLAGS.eval_json)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  if skipped:
+    print(f'Skipped {len(skipped)} records that are not a run\'s standard '
+          f'result (partial, other settings or an older checkpoint; name '
+          f'them to plot them): {", ".join(skipped)}', flush=True)
   runs = plot_runs(summaries)
   viz.plot_flops_accuracy(runs, FLAGS.output, title=FLAGS.title,
                           ylabel='top-1 accuracy (%)')

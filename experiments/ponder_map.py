@@ -12,7 +12,10 @@ For each image it writes, to --output_dir:
   <name>_colorbar.png  the colour scale of both;
 
 and prints the minimum, mean and maximum ponder cost of the map, the FLOPs
-spent and the top class. The colour scale runs from the map's minimum to its
+spent and the top class. An image that cannot be read (corrupt, truncated,
+empty, not an image) is reported in one line and skipped; the others are
+drawn, and the run then ends with an error naming the skipped files (exit
+status 1). The colour scale runs from the map's minimum to its
 maximum (--scale=image, the authors' choice) or from 0 to the largest
 possible summed ponder cost (--scale=model, comparable across images).
 
@@ -23,6 +26,7 @@ images between 320x240 and 640x480.
 
 import glob
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -86,7 +90,24 @@ def draw(image, ponder_map, vmin, vmax):
   return heat, viz.overlay(image.astype(np.float32) / 255.0, heat)
 
 
+class SkippedImagesError(ValueError):
+  """Some images could not be read; the others were drawn."""
+
+  def __init__(self, failures, total):
+    self.failures = dict(failures)
+    names = ', '.join(self.failures)
+    super().__init__(f'{len(self.failures)} of {total} images could not be '
+                     f'read and were skipped: {names}')
+
+
 def main(argv):
+  """Draws the ponder maps of --images; returns {path: PonderResult}.
+
+  Raises:
+    app.UsageError: missing flags, no matching image, or an unusable run.
+    SkippedImagesError: after drawing the others, when some images could
+      not be read (each is reported as it is met).
+  """
   common.parse(FLAGS, argv)
   common.require(FLAGS, 'model_dir', 'images', 'output_dir')
   try:
@@ -96,17 +117,22 @@ def main(argv):
     if model.model_type == 'resnet':
       raise ValueError(f'{FLAGS.model_dir} holds a plain ResNet, which has '
                        'no ponder maps: use an ACT or SACT run.')
-    images = [inference.resize_longer_side(inference.read_image(p),
-                                           FLAGS.image_size) for p in paths]
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from e
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   predict = inference.make_predict_fn(model, config.preprocessing)
   model_max = viz.max_ponder_value(model.units_per_block)
-  results = {}
+  results, failures = {}, {}
   print(f'{"image":<28}{"size":>11}{"min":>8}{"mean":>8}{"max":>8}'
-        f'{"FLOPs":>11}  top class (p)')
-  for path, name, image in zip(paths, output_names(paths), images):
+        f'{"FLOPs":>11}  top class (p)', flush=True)
+  for path, name in zip(paths, output_names(paths)):
+    try:
+      image = inference.resize_longer_side(inference.read_image(path),
+                                           FLAGS.image_size)
+    except (ValueError, FileNotFoundError) as e:
+      failures[path] = str(e)
+      print(f'Skipped: {e}', file=sys.stderr, flush=True)
+      continue
     result = inference.ponder_maps(model, image, config.preprocessing,
                                    predict_fn=predict)
     ponder = result.ponder_map
@@ -125,7 +151,11 @@ def main(argv):
           f'{float(ponder.mean()):8.2f}{high:8.2f}{result.flops:11.3g}  '
           f'{top} ({result.probabilities[top]:.2f})', flush=True)
     results[path] = result
-  print(f'Wrote {3 * len(paths)} PNGs to {FLAGS.output_dir}.')
+  skipped = f'; skipped {len(failures)} unreadable' if failures else ''
+  print(f'Wrote {3 * len(results)} PNGs for {len(results)} of {len(paths)} '
+        f'images to {FLAGS.output_dir}{skipped}.', flush=True)
+  if failures:
+    raise SkippedImagesError(failures, len(paths))
   return results
 
 

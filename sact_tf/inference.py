@@ -10,6 +10,7 @@ each image to zero mean and unit variance.
 """
 
 import collections
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -51,21 +52,62 @@ def normalize(images, preprocessing):
   return tf.image.per_image_standardization(images)
 
 
+# Leading bytes of the formats `tf.io.decode_image` reads.
+_SIGNATURES = ((b'\xff\xd8\xff', 'JPEG'), (b'\x89PNG\r\n\x1a\n', 'PNG'),
+               (b'GIF87a', 'GIF'), (b'GIF89a', 'GIF'), (b'BM', 'BMP'))
+
+
+def image_format(data):
+  """'JPEG', 'PNG', 'GIF', 'BMP' or 'WebP' from a file's first bytes, or
+  None."""
+  for signature, name in _SIGNATURES:
+    if data.startswith(signature):
+      return name
+  if data[:4] == b'RIFF' and data[8:12] == b'WEBP':
+    return 'WebP'
+  return None
+
+
+def _tf_message(error):
+  """A TensorFlow error's message without the op and function names."""
+  text = (error.message or str(error)).strip()
+  text = re.sub(r'\{\{[^}]*\}\}', '', text)
+  text = re.sub(r'\[Op:[^\]]*\].*$', '', text, flags=re.S)
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[0].rstrip('. ') if lines else type(error).__name__
+
+
 def read_image(path):
   """An image file (JPEG, PNG, BMP or GIF) as uint8 `[H, W, 3]` NumPy.
 
   Raises:
     FileNotFoundError: no such file.
-    ValueError: the file is not a decodable image.
+    ValueError: the file cannot be read, is empty, is not an image or
+      cannot be decoded (corrupt or truncated); the message names the file
+      and the reason.
   """
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f'No such image file: {path}')
-  data = tf.io.read_file(path)
+  if tf.io.gfile.isdir(path):
+    raise ValueError(f'{path} is a directory, not an image file.')
+  try:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      data = f.read()
+  except (OSError, tf.errors.OpError) as e:
+    reason = (_tf_message(e) if isinstance(e, tf.errors.OpError)
+              else e.strerror or str(e))
+    raise ValueError(f'{path} cannot be read: {reason}.') from None
+  if not data:
+    raise ValueError(f'{path} is empty (0 bytes), not an image.')
+  kind = image_format(data)
+  if kind is None:
+    raise ValueError(f'{path} is not a JPEG, PNG, BMP or GIF image (its '
+                     f'first bytes are {data[:8]!r}).')
   try:
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
-  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-    raise ValueError(f'{path} is not a JPEG, PNG, BMP or GIF image that can '
-                     f'be decoded: {e.message.splitlines()[0]}') from None
+  except tf.errors.OpError as e:
+    raise ValueError(f'{path} is a corrupt or truncated {kind} image that '
+                     f'cannot be decoded: {_tf_message(e)}.') from None
   return image.numpy()
 
 

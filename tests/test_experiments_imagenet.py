@@ -106,12 +106,26 @@ def test_clutter_digits_sact_and_its_baseline(tmp_path, tmp_path_factory):
             '--eval_examples=20', *TINY]
   _run(f'--model_dir={model_dir}', '--train_steps=2', '--model=1,2,1,1',
        *common)
-  result = model_dir / 'eval_test_32px.json'
-  summary = json.loads(result.read_text())
-  assert summary['num_examples'] == 20
+  # 20 of the split's examples: a partial record, under its own name.
+  partial = model_dir / 'eval_test_32px_first20.json'
+  summary = json.loads(partial.read_text())
+  assert summary['num_examples'] == 20 and summary['partial']
   assert summary['ponder_on_object_mean'] is not None
   assert summary['model']['units'] == [1, 2, 1, 1]
+  assert not (model_dir / 'eval_test_32px.json').exists()
+  imagenet.FLAGS.unparse_flags()
+  with pytest.raises(app.UsageError, match='partial evaluation'):
+    _run(f'--model_dir={tmp_path / "y"}', f'--baseline_from={partial}',
+         '--train_steps=1', '--mode=train', *common)
 
+  # The baseline comes from the full evaluation.
+  imagenet.FLAGS.unparse_flags()
+  _run(f'--model_dir={model_dir}', '--mode=eval', f'--data_dir={data_dir}',
+       '--eval_batch_size=250')
+  result = model_dir / 'eval_test_32px.json'
+  summary = json.loads(result.read_text())
+  assert summary['num_examples'] == 1077 and not summary['partial']
+  imagenet.FLAGS.unparse_flags()
   baseline_dir = tmp_path / 'baseline'
   _run(f'--model_dir={baseline_dir}', f'--baseline_from={result}',
        '--train_steps=1', '--mode=train', *common)

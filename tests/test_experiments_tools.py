@@ -1,4 +1,4 @@
-"""experiments.export_ponder (bulk NPZ export) and experiments.plot_flops."""
+"""experiments.export_ponder (bulk NPZ export), plot_flops and ponder_map."""
 
 import json
 import os
@@ -14,6 +14,8 @@ import tensorflow_datasets as tfds
 
 from experiments import export_ponder
 from experiments import plot_flops
+from experiments import ponder_map
+from sact_tf import inference
 from sact_tf import train
 from sact_tf.data import datasets
 from sact_tf.data import pipelines
@@ -29,6 +31,7 @@ def _reset_flags():
   yield
   export_ponder.FLAGS.unparse_flags()
   plot_flops.FLAGS.unparse_flags()
+  ponder_map.FLAGS.unparse_flags()
 
 
 def _make_run(model_dir, **overrides):
@@ -226,3 +229,50 @@ def test_plot_flops_errors_are_clear(tmp_path):
   assert result.returncode == 1
   assert f'Error: No such file: {tmp_path}/missing.json' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_ponder_map_skips_a_corrupt_image_and_draws_the_others(
+    sact_dir, tmp_path, capsys):
+  images = tmp_path / 'images'
+  images.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ('a', 'c'):
+    pixels = rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    (images / f'{name}.png').write_bytes(tf.io.encode_png(pixels).numpy())
+  good = (images / 'a.png').read_bytes()
+  (images / 'b.png').write_bytes(good[:len(good) // 2])
+  output_dir = tmp_path / 'maps'
+  with pytest.raises(ponder_map.SkippedImagesError,
+                     match=r'1 of 3 images could not be read and were '
+                     r'skipped: .*b\.png') as raised:
+    ponder_map.main(['ponder_map', f'--model_dir={sact_dir}',
+                     f'--images={images}/*.png', f'--output_dir={output_dir}'])
+  assert list(raised.value.failures) == [str(images / 'b.png')]
+  assert sorted(os.listdir(output_dir)) == sorted(
+      f'{name}_{kind}.png' for name in ('a', 'c')
+      for kind in ('ponder', 'overlay', 'colorbar'))
+  for name in ('a', 'c'):
+    heat = tf.io.decode_png((output_dir / f'{name}_ponder.png').read_bytes())
+    assert heat.shape == (24, 40, 3)
+  captured = capsys.readouterr()
+  [line] = [l for l in captured.err.splitlines() if 'b.png' in l]
+  assert line == (f'Skipped: {images / "b.png"} is a corrupt or truncated '
+                  'PNG image that cannot be decoded: Invalid PNG data, size '
+                  f'{len(good) // 2}.')
+  assert (f'Wrote 6 PNGs for 2 of 3 images to {output_dir}; skipped 1 '
+          'unreadable.') in captured.out
+
+
+def test_read_image_names_the_file_and_the_reason(tmp_path):
+  png = tf.io.encode_png(np.zeros([4, 4, 3], np.uint8)).numpy()
+  cases = {'empty.png': (b'', 'is empty'),
+           'text.jpg': (b'plain text', 'is not a JPEG, PNG, BMP or GIF'),
+           'cut.png': (png[:20], 'is a corrupt or truncated PNG')}
+  for name, (data, reason) in cases.items():
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=f'{tmp_path / name} {reason}'):
+      inference.read_image(str(tmp_path / name))
+  with pytest.raises(ValueError, match='is a directory'):
+    inference.read_image(str(tmp_path))
+  (tmp_path / 'ok.png').write_bytes(png)
+  assert inference.read_image(str(tmp_path / 'ok.png')).shape == (4, 4, 3)

@@ -1,23 +1,36 @@
 """Evaluation: COCO box AP and the feature extractor's FLOPs (paper Table 1).
 
 `evaluate` runs a checkpoint over the evaluation split and returns a summary
-dict, which it also writes to the model directory as JSON
+dict, which it also writes to the model directory as a JSON record
 (`eval_<split>.json`, plus the detections in COCO's results format,
-`detections_<split>.json`) and to TensorBoard (run `eval_<split>`: the
-scalars, and images with their detections and the feature extractor's ponder
-map, as in the paper's fig. 10).
+`detections_<split>.json`) and to TensorBoard (a run of the record's name:
+the scalars, and images with their detections and the feature extractor's
+ponder map, as in the paper's fig. 10).
 
-Summary keys: dataset, split, num_images, step, checkpoint, model (the
-`ModelConfig` dict), tau, min_size, max_size; AP, AP50, AP75, AP_small,
-AP_medium, AP_large (pycocotools, in [0, 1]); flops_mean, flops_std (the
-feature extractor's FLOPs per image); flops_plain_mean and flops_ratio_mean /
-_std (relative to the same stem + blocks 1-3 evaluating every unit, per
-image); flops_stem_mean and flops_blocks_ratio_mean / _std (the same ratio
-without the stem, which no model type skips: small models' 64-channel stem
-can outweigh their blocks); flops_resnet101_mean and flops_resnet101_ratio_mean / _std (relative
-to plain ResNet-101 blocks 1-3 on the same images: the paper's column);
-ponder_cost_mean / _std (ACT/SACT); blocks (name, units, units_mean,
-units_std, ponder_cost_mean); seconds.
+Record names follow `sact_tf.train.evaluation`: `eval_<split>.json` and
+`detections_<split>.json` are the run's standard result (every image, the
+run's own settings, its latest checkpoint); a partial evaluation
+(`eval_examples`), settings of `EVAL_FIELDS` other than the run's
+config.json, or another checkpoint add `_first<N>`, `_<field><value>` and
+`_step<S>` to both names (`result_name`, `detections_path`), e.g.
+`eval_test_first20_min_size600.json`. A different evaluation already at the
+name is renamed after what it holds first, its detections with it.
+
+Summary keys: dataset, split, num_images, step, checkpoint,
+latest_checkpoint, eval_examples (0: all), partial, overrides ({field:
+[config.json value, evaluated value]}), model (the `ModelConfig` dict), tau,
+eps, min_size, max_size; AP, AP50, AP75, AP_small, AP_medium, AP_large
+(pycocotools, in [0, 1]); flops_mean, flops_std (the feature extractor's
+FLOPs per image); flops_plain_mean and flops_ratio_mean / _std (relative to
+the same stem + blocks 1-3 evaluating every unit, per image);
+flops_stem_mean and flops_blocks_ratio_mean / _std (the same ratio without
+the stem, which no model type skips: small models' 64-channel stem can
+outweigh their blocks); flops_resnet101_mean and flops_resnet101_ratio_mean
+/ _std (relative to plain ResNet-101 blocks 1-3 on the same images: the
+paper's column); ponder_cost_mean / _std (ACT/SACT); blocks (name, units,
+units_mean, units_std, ponder_cost_mean); seconds. The returned summary
+also holds `path` and `detections_path`, the files written (None without
+`write`).
 """
 
 import math
@@ -44,12 +57,57 @@ DRAW_SCORE = 0.5
 _DRAW_MAX = 20
 
 
-def result_name(split):
-  return f'eval_{split}'
+# Settings that change what a detection evaluation measures (or states),
+# besides the detector's variables (which the checkpoint must match): the
+# images (dataset, min_size, max_size), halting (eps), the ponder weight the
+# record states (tau), and the proposal and detection post-processing. The
+# model's other fields act in training only (sampling, matching, batch-norm
+# freezing, weight decay, halting_bias_init) or leave results as they are
+# (sparse execution).
+RUN_EVAL_FIELDS = ('dataset', 'min_size', 'max_size')
+MODEL_EVAL_FIELDS = ('tau', 'eps', 'anchor_base_size', 'rpn_nms_iou',
+                     'num_proposals', 'pre_nms_top_k', 'crop_size', 'nms_iou',
+                     'max_detections_per_class', 'max_detections',
+                     'score_threshold')
+EVAL_FIELDS = RUN_EVAL_FIELDS + MODEL_EVAL_FIELDS
 
 
-def result_path(model_dir, split):
-  return os.path.join(model_dir, result_name(split) + '.json')
+def result_name(split, eval_examples=0, overrides=None, step=None):
+  """The name (no `.json`) of a detection record and TensorBoard run.
+
+  `result_name(split)` is the standard `eval_<split>`; the other arguments
+  add the suffixes of `sact_tf.train.evaluation.record_suffix`.
+  """
+  return f'eval_{split}' + train_evaluation.record_suffix(
+      eval_examples, overrides, step, EVAL_FIELDS)
+
+
+def result_path(model_dir, split, eval_examples=0, overrides=None,
+                step=None):
+  """`<model_dir>/<result_name(...)>.json`."""
+  return os.path.join(model_dir, result_name(split, eval_examples, overrides,
+                                             step) + '.json')
+
+
+def detections_path(record_path):
+  """The detections file of the record at `record_path`
+  (`eval_<rest>.json` -> `detections_<rest>.json`)."""
+  folder, name = os.path.split(record_path)
+  return os.path.join(folder, 'detections_' + name[len('eval_'):])
+
+
+def config_value(config, field):
+  """A field of `EVAL_FIELDS` of a `DetectionConfig`."""
+  return getattr(config.model if field in MODEL_EVAL_FIELDS else config,
+                 field)
+
+
+def record_value(record, field):
+  """A field of `EVAL_FIELDS` of a detection record (None if absent)."""
+  if field in record:
+    return record[field]
+  model = record.get('model')
+  return model.get(field) if isinstance(model, dict) else None
 
 
 def total_ponder_map(model, outputs, size):
@@ -99,10 +157,12 @@ def evaluate(config, checkpoint=None, write=True):
     config: the run's `DetectionConfig`.
     checkpoint: checkpoint directory or prefix (default: the latest in
       config.model_dir).
-    write: write JSON and TensorBoard summaries to the model directory.
+    write: write JSON and TensorBoard summaries to the model directory,
+      under the record name of what was evaluated (see the module doc).
 
   Returns:
-    The summary dict (see the module doc).
+    The summary dict (see the module doc); `summary['path']` is the record
+    written.
 
   Raises:
     DatasetNotReadyError: before any model is built, if the data is missing.
@@ -112,8 +172,12 @@ def evaluate(config, checkpoint=None, write=True):
   training.check_dataset(config, spec)
   builder = data.prepare(config.dataset, config.data_dir, config.download)
   prefix = checkpointing.resolve(checkpoint or config.model_dir)
-  config_lib.check_same_model(config, config_lib.load(config.model_dir),
-                              config.model_dir)
+  latest = train_evaluation.evaluates_latest(checkpoint, prefix,
+                                            config.model_dir)
+  saved = config_lib.load(config.model_dir)
+  config_lib.check_same_model(config, saved, config.model_dir)
+  overrides = train_evaluation.settings_overrides(saved, config, EVAL_FIELDS,
+                                                  config_value)
   model = training.build_model(config.model)
   training.restore_model(model, prefix)
   step = train_evaluation.checkpoint_step(prefix)
@@ -208,21 +272,35 @@ def evaluate(config, checkpoint=None, write=True):
       entry['ponder_cost_mean'], _ = _mean_std(
           collected[f'{block.name}/ponder_cost'])
     blocks.append(entry)
+  partial = train_evaluation.is_partial(
+      config.eval_examples, evaluator.num_images,
+      train_evaluation.split_size(builder, spec.eval_split))
   summary.update(
       blocks=blocks, dataset=config.dataset, split=spec.eval_split,
       num_images=evaluator.num_images, step=step,
-      checkpoint=os.path.abspath(prefix), model=config.model.to_dict(),
-      tau=config.model.tau, min_size=config.min_size,
+      checkpoint=os.path.abspath(prefix), latest_checkpoint=latest,
+      eval_examples=config.eval_examples if partial else 0, partial=partial,
+      overrides=overrides, model=config.model.to_dict(),
+      tau=config.model.tau, eps=config.model.eps, min_size=config.min_size,
       max_size=config.max_size, seconds=time.time() - started)
+  path = detections = None
   if write:
-    name = result_name(spec.eval_split)
-    train_config.write_json(os.path.join(config.model_dir, name + '.json'),
-                            train_evaluation.nan_to_none(summary))
-    train_config.write_json(
-        os.path.join(config.model_dir, f'detections_{spec.eval_split}.json'),
-        evaluator.detections())
-    _write_summaries(os.path.join(config.model_dir, name), summary,
-                     images_for_summary)
+    split = spec.eval_split
+
+    def path_of(limit, values, at_step):
+      return result_path(config.model_dir, split, limit, values, at_step)
+
+    path = path_of(*train_evaluation.record_identity(summary))
+    detections = detections_path(path)
+    train_evaluation.keep_previous(path, summary, path_of, EVAL_FIELDS,
+                                   record_value, [detections_path])
+    train_config.write_json(path, train_evaluation.nan_to_none(summary))
+    train_config.write_json(detections, evaluator.detections())
+    if partial or overrides:
+      logging.info('Wrote %s (%s), not the standard %s.', path,
+                   train_evaluation.describe(summary), result_name(split))
+    _write_summaries(os.path.splitext(path)[0], summary, images_for_summary)
+  summary['path'], summary['detections_path'] = path, detections
   return summary
 
 
@@ -263,6 +341,11 @@ def format_table(summary):
       f'feature extractor: {model["model_type"]} ResNet blocks 1-3, units '
       f'{model["units"][:3]}, base channels {model["base_channels"]}, tau '
       f'{summary["tau"]}',
+  ]
+  if train_evaluation.describe(summary):
+    lines.append('not the standard result: '
+                 f'{train_evaluation.describe(summary)}')
+  lines += [
       '',
       '  AP     AP50   AP75   APs    APm    APl',
       '  ' + ' '.join(f'{_percent(summary[k]):<6}' for k in coco_eval.METRICS),

@@ -1,19 +1,39 @@
 """Evaluation: accuracy, FLOPs and ponder statistics of a checkpoint.
 
 `evaluate` runs the model over the evaluation split and returns a summary
-dict, which it also writes as JSON (`eval_<split>_<size>px.json` in the model
-directory) and as TensorBoard scalars (run `eval_<split>_<size>px`). Means and
-standard deviations are over images; a block's units used are first averaged
-over the positions of each image (SACT).
+dict, which it also writes as a JSON record in the model directory and as
+TensorBoard scalars (a run of the record's name). Means and standard
+deviations are over images; a block's units used are first averaged over the
+positions of each image (SACT).
+
+Record names. `eval_<split>_<size>px.json` (and the TensorBoard run
+`eval_<split>_<size>px`) is the run's standard result: every example of the
+split, the run's own settings (its config.json) and its latest checkpoint.
+Any other evaluation gets its own name (`result_name`), the standard one
+followed by
+  `_first<N>`       only the first N examples (`eval_examples`, partial);
+  `_<field><value>` a setting of `EVAL_FIELDS` that differs from
+                    config.json, e.g. `_tau0.9`, `_dataset-cifar10`;
+  `_step<S>`        a checkpoint other than the run's latest;
+e.g. `eval_test_32px_first20_tau0.9.json`. A record is never overwritten by
+a different evaluation: the record already at the name is renamed after
+what it holds first (a standard record of an older checkpoint becomes
+`eval_<split>_<size>px_step<S>.json`), and that is logged. Evaluating the
+same checkpoint with the same settings again replaces its record.
 
 Summary keys: dataset, split, image_size, num_examples, step, checkpoint,
-model (family, units, model_type, num_classes, base_channels), tau, top1,
-top5, cross_entropy, loss (cross-entropy + tau * ponder cost), flops_mean,
-flops_std, flops_no_halting (the same network evaluating every unit),
-flops_ratio, ponder_cost_mean / _std (ACT/SACT), ponder_on_object_mean / _std
-(datasets with boxes, ACT/SACT), and blocks: a list of {name, num_units,
-units_mean, units_std, ponder_cost_mean, ponder_cost_std,
-ponder_on_object_mean}.
+latest_checkpoint (whether it was the run's latest), eval_examples (the
+examples limit, 0: all), partial (fewer examples than the split holds),
+overrides ({field: [config.json value, evaluated value]} of the
+`EVAL_FIELDS` that differ), model (family, units, model_type, num_classes,
+base_channels), tau, eps, preprocessing, top1, top5, cross_entropy, loss
+(cross-entropy + tau * ponder cost), flops_mean, flops_std, flops_no_halting
+(the same network evaluating every unit), flops_ratio, ponder_cost_mean /
+_std (ACT/SACT), ponder_on_object_mean / _std (datasets with boxes,
+ACT/SACT), seconds, and blocks: a list of {name, num_units, units_mean,
+units_std, ponder_cost_mean, ponder_cost_std, ponder_on_object_mean}. The
+returned summary also holds `path`, the JSON written (None without
+`write`); the JSON itself does not (a record may be renamed later).
 
 For ACT/SACT models the TensorBoard run also holds the ponder-map images of
 the first batch (`PONDER_IMAGES` images; tags `ponder_map/total`,
@@ -24,6 +44,7 @@ per-position ponder cost over the whole evaluation
 
 import math
 import os
+import re
 import time
 
 from absl import logging
@@ -43,14 +64,240 @@ from sact_tf.train import metrics
 PONDER_IMAGES = 4
 # Keys every evaluation JSON holds (see `read_result`).
 RESULT_KEYS = ('flops_mean', 'top1', 'model', 'tau', 'image_size')
+# Fields of `ExperimentConfig`, besides the model fields (which the
+# checkpoint must match), that change what an evaluation measures: tau
+# weighs the ponder cost in the loss, eps decides where units halt, dataset
+# and preprocessing make the images. halting_bias_init only initialises
+# (the checkpoint holds the biases); weight decay and label smoothing only
+# enter the training loss; batch size and data location change nothing.
+EVAL_FIELDS = ('tau', 'eps', 'dataset', 'preprocessing')
 
 
-def result_name(split, image_size):
-  return f'eval_{split}_{image_size}px'
+def _format_value(value):
+  """A setting's value as it appears in a record name."""
+  if isinstance(value, float):
+    text = repr(value)
+  elif isinstance(value, (list, tuple)):
+    text = ','.join(_format_value(v) for v in value)
+  else:
+    text = str(value)
+  return re.sub(r'[^A-Za-z0-9.,+_-]+', '-', text)
 
 
-def result_path(model_dir, split, image_size):
-  return os.path.join(model_dir, result_name(split, image_size) + '.json')
+def evaluated_values(overrides):
+  """{field: evaluated value} of a record's `overrides`.
+
+  Accepts the record form {field: [saved, evaluated]} and plain values
+  {field: evaluated}.
+  """
+  values = {}
+  for field, value in (overrides or {}).items():
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+      value = value[1]
+    values[field] = value
+  return values
+
+
+def record_suffix(eval_examples=0, overrides=None, step=None, order=()):
+  """The part of a record name after the standard name (see module doc).
+
+  Args:
+    eval_examples: N of a partial evaluation (first N examples); 0 for all.
+    overrides: {field: evaluated value} (or the record form {field: [saved,
+      evaluated]}) of the settings that differ from the run's config.json.
+    step: the checkpoint step of an evaluation of another checkpoint than
+      the run's latest; None for the latest.
+    order: fields in the order their parts appear; others follow, sorted.
+  """
+  parts = []
+  if eval_examples:
+    parts.append(f'first{int(eval_examples)}')
+  values = evaluated_values(overrides)
+  fields = [f for f in order if f in values] + sorted(
+      f for f in values if f not in order)
+  for field in fields:
+    value = values[field]
+    separator = '-' if isinstance(value, str) else ''
+    parts.append(f'{field}{separator}{_format_value(value)}')
+  if step is not None:
+    parts.append(f'step{int(step)}')
+  return ''.join('_' + p for p in parts)
+
+
+def result_name(split, image_size, eval_examples=0, overrides=None,
+                step=None):
+  """The name (no `.json`) of an evaluation record and TensorBoard run.
+
+  `result_name(split, image_size)` is the standard name
+  `eval_<split>_<size>px`, the full evaluation of the run's settings at its
+  latest checkpoint; the other arguments add the suffixes of
+  `record_suffix`, e.g. `result_name('test', 32, eval_examples=20,
+  overrides={'tau': 0.9})` is `eval_test_32px_first20_tau0.9`.
+  """
+  return f'eval_{split}_{image_size}px' + record_suffix(
+      eval_examples, overrides, step, EVAL_FIELDS)
+
+
+def result_path(model_dir, split, image_size, eval_examples=0,
+                overrides=None, step=None):
+  """`<model_dir>/<result_name(...)>.json`."""
+  return os.path.join(model_dir, result_name(
+      split, image_size, eval_examples, overrides, step) + '.json')
+
+
+def record_identity(record):
+  """(eval_examples, {field: evaluated value}, step) that name a record.
+
+  The inverse of what `evaluate` passes to `result_name`: the examples
+  limit of a partial record (0 if full), its overrides and its step unless
+  it was of the run's latest checkpoint.
+  """
+  partial = record.get('partial')
+  limit = (record.get('eval_examples') or record.get('num_examples')
+           or record.get('num_images') or 0) if partial else 0
+  step = None if record.get('latest_checkpoint', True) else record.get('step')
+  return limit, evaluated_values(record.get('overrides')), step
+
+
+def split_size(builder, split):
+  """The number of examples of a prepared builder's `split`, or None if
+  unknown (nothing is read)."""
+  try:
+    count = int(pipelines.load_encoded(builder, split).cardinality())
+  except (ValueError, TypeError, tf.errors.OpError):
+    return None
+  return count if count >= 0 else None
+
+
+def is_partial(eval_examples, num_examples, size):
+  """Whether an evaluation limited to `eval_examples` (0: all) that saw
+  `num_examples` left part of a split of `size` examples (None: unknown)."""
+  if not eval_examples or num_examples < eval_examples:
+    return False
+  return size is None or size > eval_examples
+
+
+def is_latest_checkpoint(prefix, model_dir):
+  """Whether checkpoint `prefix` is the latest checkpoint of `model_dir`.
+
+  False when `model_dir` has no usable latest checkpoint (none, or its
+  newest is corrupt and `prefix` an older one).
+  """
+  try:
+    latest = checkpointing.resolve(model_dir)
+  except (FileNotFoundError, ValueError):
+    return False
+  return os.path.abspath(latest) == os.path.abspath(prefix)
+
+
+def evaluates_latest(checkpoint, prefix, model_dir):
+  """Whether `checkpoint` (as given to `evaluate`, resolved to `prefix`)
+  is the run's latest checkpoint."""
+  if checkpoint is None or (
+      tf.io.gfile.isdir(checkpoint)
+      and os.path.abspath(checkpoint) == os.path.abspath(model_dir)):
+    return True
+  return is_latest_checkpoint(prefix, model_dir)
+
+
+def settings_overrides(saved, config, fields, value_of=getattr):
+  """{field: [saved value, config value]} of `fields` that differ.
+
+  Lists and tuples compare as lists; `saved` None (no config.json) gives
+  no overrides. `value_of(config, field)` reads a field.
+  """
+  if saved is None:
+    return {}
+  overrides = {}
+  for field in fields:
+    old, new = value_of(saved, field), value_of(config, field)
+    if isinstance(old, (list, tuple)):
+      old, new = list(old), list(new)
+    if old != new:
+      overrides[field] = [old, new]
+  return overrides
+
+
+def previous_identity(old, new, fields, value_of):
+  """`record_identity` of the record `old`, found where `new` will go.
+
+  Records written before records said what they hold (no `partial` or
+  `overrides` keys) were written at the standard name; what they hold is
+  inferred against `new`: fewer examples than a full `new` means partial,
+  a setting of `fields` other than the config.json value `new` was
+  evaluated against is an override. The step is added when it differs
+  from `new`'s (training went on since).
+
+  Args:
+    old, new: the records.
+    fields: the settings that name overrides.
+    value_of: `value_of(record, field)`, a record's value or None.
+  """
+  old = dict(old)
+  count = 'num_images' if 'num_images' in new else 'num_examples'
+  if 'partial' not in old:
+    old['partial'] = (not new.get('partial') and old.get(count) is not None
+                      and old[count] < new[count])
+    old['eval_examples'] = old.get(count)
+  if 'overrides' not in old:
+    reference = {f: new.get('overrides', {}).get(f, [value_of(new, f)])[0]
+                 for f in fields}
+    old['overrides'] = {
+        f: [reference[f], value_of(old, f)] for f in fields
+        if value_of(old, f) is not None and value_of(old, f) != reference[f]}
+  limit, overrides, step = record_identity(old)
+  if step is None and old.get('step') != new.get('step'):
+    step = old.get('step')
+  return limit, overrides, step
+
+
+def keep_previous(path, new, name_of, fields, value_of, companions=()):
+  """Renames the record at `path`, if any, after what it holds.
+
+  Nothing is lost when `new` is about to be written to `path`: a different
+  evaluation already there (another checkpoint, other examples or
+  settings) moves to the name of its own identity (`previous_identity`),
+  its companion files with it. The same evaluation again (the same name)
+  is replaced. Both are logged.
+
+  Args:
+    path: where `new` goes.
+    new: the new record.
+    name_of: (eval_examples, overrides, step) -> the path of a record with
+      that identity.
+    fields, value_of: as in `previous_identity`.
+    companions: functions (record path -> path of a file that belongs to
+      the record, e.g. its detections), moved along.
+
+  Returns:
+    The path the old record moved to, or None.
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    old = config_lib.read_json(path)
+  except ValueError as e:
+    logging.warning('Replacing %s, which is not an evaluation record: %s',
+                    path, e)
+    return None
+  if not isinstance(old, dict):
+    logging.warning('Replacing %s, which is not an evaluation record.', path)
+    return None
+  target = name_of(*previous_identity(old, new, fields, value_of))
+  if os.path.abspath(target) == os.path.abspath(path):
+    logging.info('Replacing %s: the same checkpoint (step %s), examples and '
+                 'settings evaluated again.', path, old.get('step'))
+    return None
+  if os.path.exists(target):
+    logging.info('Replacing %s, an evaluation of the same checkpoint, '
+                 'examples and settings.', target)
+  os.replace(path, target)
+  for companion in companions:
+    if os.path.exists(companion(path)):
+      os.replace(companion(path), companion(target))
+  logging.info('Kept the previous record %s (step %s) as %s.', path,
+               old.get('step'), target)
+  return target
 
 
 def plain_flops(config, image_size):
@@ -192,6 +439,10 @@ def _write_summaries(log_dir, summary, ponder_images=None, histograms=None,
   writer.close()
 
 
+def _value(record, field):
+  return record.get(field)
+
+
 def evaluate(config, image_size=None, checkpoint=None, write=True):
   """Evaluates a checkpoint of the config's model.
 
@@ -201,10 +452,12 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
       eval_image_sizes entry).
     checkpoint: checkpoint directory or prefix (default: the latest in
       config.model_dir).
-    write: write the JSON and TensorBoard summaries to the model directory.
+    write: write the JSON and TensorBoard summaries to the model directory,
+      under the record name of what was evaluated (see the module doc).
 
   Returns:
-    The summary dict (see the module docstring).
+    The summary dict (see the module docstring); `summary['path']` is the
+    JSON written.
 
   Raises:
     DatasetNotReadyError: before any model is built, if the data is missing.
@@ -214,8 +467,10 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
   spec = datasets.get_spec(config.dataset)
   builder = datasets.prepare(config.dataset, config.data_dir, config.download)
   prefix = checkpointing.resolve(checkpoint or config.model_dir)
+  latest = evaluates_latest(checkpoint, prefix, config.model_dir)
   saved = config_lib.load(config.model_dir)
   config_lib.check_same_model(config, saved, config.model_dir)
+  overrides = settings_overrides(saved, config, EVAL_FIELDS)
   model = checkpointing.build_model(config.model_kwargs(), image_size)
   checkpointing.restore_model(model, prefix)
   step = checkpoint_step(prefix)
@@ -252,19 +507,48 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
   per_example = {k: np.concatenate(v) for k, v in collected.items()}
   summary = summarize(per_example, config, image_size, model.block_names,
                       model.units_per_block)
+  partial = is_partial(config.eval_examples, summary['num_examples'],
+                       split_size(builder, spec.eval_split))
   summary.update(
       dataset=config.dataset, split=spec.eval_split, image_size=image_size,
-      step=step, checkpoint=os.path.abspath(prefix),
-      model=config.model_fields(), tau=config.tau,
+      step=step, checkpoint=os.path.abspath(prefix), latest_checkpoint=latest,
+      eval_examples=config.eval_examples if partial else 0, partial=partial,
+      overrides=overrides, model=config.model_fields(), tau=config.tau,
+      eps=config.eps, preprocessing=config.preprocessing,
       seconds=time.time() - started)
+  path = None
   if write:
-    name = result_name(spec.eval_split, image_size)
-    config_lib.write_json(os.path.join(config.model_dir, name + '.json'),
-                          nan_to_none(summary))
-    _write_summaries(os.path.join(config.model_dir, name), summary,
-                     ponder_images, histograms, model.block_names,
-                     model.units_per_block)
+    split = spec.eval_split
+
+    def path_of(limit, values, at_step):
+      return result_path(config.model_dir, split, image_size, limit, values,
+                         at_step)
+
+    path = path_of(*record_identity(summary))
+    keep_previous(path, summary, path_of, EVAL_FIELDS, _value)
+    config_lib.write_json(path, nan_to_none(summary))
+    if partial or overrides:
+      logging.info('Wrote %s (%s), not the standard %s.', path,
+                   describe(summary), result_name(split, image_size))
+    _write_summaries(os.path.splitext(path)[0], summary, ponder_images,
+                     histograms, model.block_names, model.units_per_block)
+  summary['path'] = path
   return summary
+
+
+def describe(summary):
+  """What sets a record apart from the standard one, in words ('' if
+  nothing): partial, overridden settings, not the latest checkpoint."""
+  parts = []
+  if summary.get('partial'):
+    count = summary.get('num_examples', summary.get('num_images'))
+    parts.append(f'partial: the first {count} examples only')
+  for field, (old, new) in (summary.get('overrides') or {}).items():
+    parts.append(f'{field} {new!r} instead of the run\'s {old!r}')
+  if summary.get('latest_checkpoint') is False:
+    parts.append(f'checkpoint of step {summary.get("step")}, not the '
+                 'latest')
+  return '; '.join(parts)
 
 
 def nan_to_none(value):
@@ -288,12 +572,47 @@ def checkpoint_step(prefix):
   return int(reader.get_tensor(key)) if reader.has_tensor(key) else 0
 
 
-def read_result(path):
-  """An evaluation JSON (`eval_<split>_<size>px.json`), checked.
+def is_standard(path, summary):
+  """Whether the record `summary` read from `path` is its run's standard
+  result: named `eval_<split>_<size>px.json` and not partial."""
+  name = result_name(summary.get('split'), summary.get('image_size'))
+  return (os.path.basename(path) == name + '.json'
+          and not summary.get('partial'))
+
+
+def partial_error(summary, source, use):
+  """The ValueError of a partial record given where a full one is needed.
+
+  Args:
+    summary: the partial record.
+    source: what it came from (a path), for the message.
+    use: what needs a full evaluation, e.g. 'a baseline'.
+  """
+  count = summary.get('num_examples', summary.get('num_images'))
+  split = summary.get('split', 'evaluation')
+  size = summary.get('image_size')
+  standard = (result_name(split, size) if size is not None
+              else f'eval_{split}') + '.json'
+  return ValueError(
+      f'{source} is a partial evaluation (the first {count} examples of '
+      f'the {split} split only), and {use} needs a full evaluation. '
+      'Evaluate every example (--mode=eval without --eval_examples) and '
+      f'pass the {standard} it writes.')
+
+
+def read_result(path, require_full=False, use='this tool'):
+  """An evaluation JSON (`eval_<split>_<size>px*.json`), checked.
+
+  Args:
+    path: the record.
+    require_full: refuse a partial record (the first N examples only);
+      otherwise it is returned with a logged warning.
+    use: what needs the full record, for the error message.
 
   Raises:
     FileNotFoundError: no such file.
-    ValueError: not JSON, or not an evaluation summary (names what lacks).
+    ValueError: not JSON, not an evaluation summary (names what lacks), or
+      partial with `require_full`.
   """
   summary = config_lib.read_json(path)
   missing = ([k for k in RESULT_KEYS if k not in summary]
@@ -309,15 +628,30 @@ def read_result(path):
         'in the model directory.')
   if summary['flops_mean'] is None or summary['top1'] is None:
     raise ValueError(f'{path} has no FLOPs or accuracy (null values).')
+  if summary.get('partial'):
+    if require_full:
+      raise partial_error(summary, path, use)
+    logging.warning('%s is a partial evaluation (%s).', path,
+                    describe(summary))
   return summary
 
 
-def baseline_units(summary):
+def baseline_units(summary, source='The evaluation summary'):
   """Units per block of the non-adaptive baseline of an evaluated model.
 
   The average units used per block, rounded to the nearest integer (halves
   up) and at least 1 (paper 4.1).
+
+  Args:
+    summary: an evaluation record.
+    source: what it came from (e.g. its path), for error messages.
+
+  Raises:
+    ValueError: not an evaluation summary, or a partial one (the average of
+      a few examples is no model's average).
   """
+  if isinstance(summary, dict) and summary.get('partial'):
+    raise partial_error(summary, source, 'a baseline')
   try:
     blocks = summary['blocks']
     return [max(1, int(math.floor(b['units_mean'] + 0.5))) for b in blocks]
@@ -336,6 +670,10 @@ def format_table(summary):
       f'images at {summary["image_size"]}px, step {summary["step"]}',
       f'model: {model["model_type"]} {model["family"]} ResNet, units '
       f'{model["units"]}, base channels {model["base_channels"]}{tau}',
+  ]
+  if describe(summary):
+    lines.append(f'not the standard result: {describe(summary)}')
+  lines += [
       '',
       f'  top-1 accuracy       {100 * summary["top1"]:8.2f} %',
       f'  top-5 accuracy       {100 * summary["top5"]:8.2f} %',
