@@ -115,6 +115,7 @@ flags.DEFINE_integer('seed', 0, 'Seed of the data order, augmentation and '
 flags.DEFINE_string('export_dir', None, 'After training / evaluation, write '
                     'a serving SavedModel of the latest checkpoint here.',
                     **_fv)
+common.define_run_flags(FLAGS)
 
 
 def _floats(values, name):
@@ -173,6 +174,10 @@ def main(argv):
 
   Under `app.run` the flags are parsed already; tests call `main` with a
   full command line. The results are printed and written to --model_dir.
+
+  Returns:
+    The evaluation summary (with the record's `path`), or None when the
+    mode does not evaluate.
   """
   common.parse(FLAGS, argv)
   try:
@@ -181,23 +186,26 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.tpu)
   if FLAGS.mode in ('train', 'train_and_eval'):
-    result = training.train(config, strategy)
+    result = training.train(config, strategy,
+                            allow_changed=FLAGS.allow_changed_flags,
+                            restart_from_scratch=FLAGS.restart_from_scratch)
     logging.info('Trained to step %d in %.0f s; checkpoint %s.', result.step,
                  result.seconds, result.checkpoint)
+  summary = None
   if not distribution.is_chief(strategy):
-    return
+    return summary
   if FLAGS.mode in ('eval', 'train_and_eval'):
     summary = evaluation.evaluate(config)
     print(evaluation.format_table(summary), flush=True)
-    print('Results: '
-          f'{evaluation.result_path(config.model_dir, summary["split"])}',
-          flush=True)
+    print(f'Results: {summary["path"]}\nDetections: '
+          f'{summary["detections_path"]}', flush=True)
   if FLAGS.export_dir:
     model = training.build_model(config.model)
     training.restore_model(model, config.model_dir)
     export.export_saved_model(model, FLAGS.export_dir, config.min_size,
                               config.max_size)
     print(f'Exported to {FLAGS.export_dir}', flush=True)
+  return summary
 
 
 if __name__ == '__main__':

@@ -68,15 +68,14 @@ def main(argv):
                            (f'SACT tau={FLAGS.tau:g}', 'sact')):
     model_dir = os.path.join(FLAGS.work_dir, model_type)
     started = time.time()
-    coco.main(['coco', *DETECTOR, *MODEL, *data,
-               f'--model_type={model_type}', f'--tau={FLAGS.tau}',
-               f'--finetune_from={pretrain_dir}',
-               f'--train_steps={FLAGS.train_steps}',
-               f'--eval_examples={FLAGS.eval_examples}',
-               f'--model_dir={model_dir}'])
+    summary = coco.main(['coco', *DETECTOR, *MODEL, *data,
+                         f'--model_type={model_type}', f'--tau={FLAGS.tau}',
+                         f'--finetune_from={pretrain_dir}',
+                         f'--train_steps={FLAGS.train_steps}',
+                         f'--eval_examples={FLAGS.eval_examples}',
+                         f'--model_dir={model_dir}'])
     seconds[model_type] = time.time() - started
-    rows.append((name, train_config.read_json(
-        evaluation.result_path(model_dir, 'test'))))
+    rows.append((name, train_config.read_json(summary['path'])))
   print('\nclutter_digits_detection test: Table 1 in miniature\n')
   print(evaluation.format_comparison(rows))
   print('\nwall time: ' + ', '.join(f'{k} {v:.0f} s'

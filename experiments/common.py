@@ -7,6 +7,7 @@ defaults, so both can be imported in one process (tests) without clashing.
 """
 
 import dataclasses
+import errno
 import math
 import os
 import sys
@@ -15,6 +16,7 @@ from typing import Callable, List
 from absl import app
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 from sact_tf import architectures
 from sact_tf import data
@@ -151,7 +153,22 @@ def define_flags(binary, flag_values):
                        'summaries and log lines.', **fv)
   flags.DEFINE_integer('seed', 0, 'Seed of the initial weights, data order '
                        'and augmentation.', **fv)
+  define_run_flags(flag_values)
   _register_validators(binary, flag_values)
+
+
+def define_run_flags(flag_values):
+  """The flags of resuming a run directory, shared by every trainer."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_boolean('allow_changed_flags', False, 'Resume a run with '
+                       'training settings other than those in its '
+                       'config.json (the changes are recorded in its '
+                       'history); without it such a restart is refused.',
+                       **fv)
+  flags.DEFINE_boolean('restart_from_scratch', False, 'Start from step 0 '
+                       'in a --model_dir that holds a run: its checkpoints '
+                       'and config.json are moved to replaced-<time>/ '
+                       'there, not deleted.', **fv)
 
 
 def _validator(flag_values, names, check):
@@ -243,8 +260,9 @@ def _source_fields(path, target_fields):
 
 def _baseline(path, family):
   """Units and init settings of the baseline of an evaluation JSON."""
-  summary = config_lib.read_json(path)
-  units = train.baseline_units(summary)
+  summary = train.evaluation.read_result(path, require_full=True,
+                                         use='--baseline_from')
+  units = train.baseline_units(summary, source=path)
   source = summary.get('model')
   if not source or 'checkpoint' not in summary:
     raise ValueError(f'{path} lacks "model" or "checkpoint": pass the JSON '
@@ -294,6 +312,21 @@ def _evaluate_saved_model(binary, fv, config):
   config.validate()
 
 
+def _resumed_boundaries(fv, boundaries):
+  """The learning-rate drops of a resumed run when --lr_boundaries is not
+  given: the saved run's, so that a longer --train_steps does not move the
+  drops (and raise the rate) of a run under way."""
+  if fv.mode == 'eval' or fv.restart_from_scratch:
+    return boundaries
+  saved = config_lib.load(fv.model_dir)
+  if saved is None or list(saved.lr_boundaries) == sorted(set(boundaries)):
+    return boundaries
+  logging.info('Keeping the learning-rate drops of the run in %s at steps '
+               '%s (give --lr_boundaries to change them).', fv.model_dir,
+               saved.lr_boundaries)
+  return list(saved.lr_boundaries)
+
+
 def flags_to_config(binary, fv):
   """The `ExperimentConfig` of parsed flags `fv`.
 
@@ -327,9 +360,11 @@ def flags_to_config(binary, fv):
     train_steps = int(math.ceil(fv.train_epochs * steps_per_epoch))
   else:
     train_steps = binary.default_steps(steps_per_epoch)
-  boundaries = (_int_list(fv.lr_boundaries, 'lr_boundaries')
-                if fv.lr_boundaries is not None else
-                binary.default_boundaries(train_steps, steps_per_epoch, fv))
+  if fv.lr_boundaries is not None:
+    boundaries = _int_list(fv.lr_boundaries, 'lr_boundaries')
+  else:
+    boundaries = binary.default_boundaries(train_steps, steps_per_epoch, fv)
+    boundaries = _resumed_boundaries(fv, boundaries)
   config = train.ExperimentConfig(
       family=binary.family, units=units, model_type=model_type,
       num_classes=spec.num_classes, base_channels=fv.base_channels,
@@ -398,7 +433,9 @@ def run(binary, fv, argv):
         f'{fv.strategy}.')
   summaries = []
   if fv.mode in ('train', 'train_and_eval'):
-    result = train.train(config, strategy)
+    result = train.train(config, strategy,
+                         allow_changed=fv.allow_changed_flags,
+                         restart_from_scratch=fv.restart_from_scratch)
     logging.info('Trained to step %d in %.0f s; checkpoint %s.', result.step,
                  result.seconds, result.checkpoint)
   if fv.mode in ('eval', 'train_and_eval') and distribution.is_chief(
@@ -406,16 +443,84 @@ def run(binary, fv, argv):
     for size in config.eval_image_sizes:
       summary = train.evaluate(config, image_size=size)
       summaries.append(summary)
-      path = train.evaluation.result_path(config.model_dir, summary['split'],
-                                          size)
+      path = summary['path']
       print(train.format_table(summary), flush=True)
       print(f'Results: {path}\nTensorBoard: tensorboard --logdir '
             f'{config.model_dir}', flush=True)
   return summaries
 
 
+_DISK_FULL = ('No space left on device', 'Disk quota exceeded')
+
+
+def _remedy_for_os_error(e):
+  """One line (problem and remedy) for an `OSError`, or None."""
+  where = f' ({e.filename})' if getattr(e, 'filename', None) else ''
+  if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return (f'No space left on the device{where}. Free some space, or '
+            'write to another disk (--model_dir, --export_dir, '
+            '--output_dir).')
+  if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+    return (f'{e.strerror}{where}: a part of the path is a file where a '
+            'folder is needed, or the other way round. Choose another path.')
+  if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    return (f'{e.strerror}{where}: choose a path you can write to, or fix '
+            'its permissions.')
+  return None
+
+
+def user_error_message(error):
+  """The one-line message of an error the user can fix, or None for an
+  unexpected one (a bug, shown with its traceback)."""
+  if isinstance(error, app.UsageError):
+    return f'{error} (--helpshort lists the flags)'
+  if isinstance(error, (data.DatasetNotReadyError,
+                        train.TrainingDivergedError, FileNotFoundError,
+                        ValueError)):
+    return str(error)
+  if isinstance(error, OSError):
+    return _remedy_for_os_error(error)
+  if isinstance(error, tf.errors.OpError):
+    text = error.message or str(error)
+    if any(marker in text for marker in _DISK_FULL):
+      return ('No space left on the device. Free some space, or write to '
+              'another disk (--model_dir, --export_dir, --output_dir).')
+    if isinstance(error, (tf.errors.PermissionDeniedError,
+                          tf.errors.FailedPreconditionError,
+                          tf.errors.NotFoundError,
+                          tf.errors.AlreadyExistsError)):
+      first = text.strip().splitlines()[0] if text.strip() else text
+      return (f'{first}. Check the paths given (a part of one may be a '
+              'file, missing, or not writable).')
+  return None
+
+
+def report_errors(main):
+  """`main` with the errors a user can fix reported as one line.
+
+  `sys.exit('Error: ...')` (exit status 1) instead of a traceback; with
+  --verbosity=1 (or higher) the traceback is shown as well.
+  """
+
+  def main_reporting_errors(argv):
+    try:
+      # app.run exits with what main returns: the binaries' return values
+      # are for tests, not exit statuses.
+      main(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      message = user_error_message(e)
+      if message is None:
+        raise
+      if flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1:
+        logging.exception('The error in full:')
+      sys.exit(f'Error: {message}')
+
+  return main_reporting_errors
+
+
 def main_with_flags(main, fv):
-  """`app.run(main)` with the binary's own flags shown and parsed.
+  """`app.run(main)` with the binary's own flags shown and parsed, and the
+  errors a user can fix reported in one line (`report_errors`).
 
   absl parses the process-wide flags.FLAGS; the binary's flags join it here
   (and only here) so that importing both binaries never clashes.
@@ -423,13 +528,4 @@ def main_with_flags(main, fv):
   flags.FLAGS.append_flag_values(fv)
   for name in fv:
     flags.FLAGS.register_flag_by_module(sys.argv[0], fv[name])
-
-  def main_reporting_errors(argv):
-    # Problems the user must fix end with what to do, not a traceback.
-    try:
-      main(argv)
-    except (data.DatasetNotReadyError, train.TrainingDivergedError,
-            FileNotFoundError) as e:
-      sys.exit(f'Error: {e}')
-
-  app.run(main_reporting_errors)
+  app.run(report_errors(main))

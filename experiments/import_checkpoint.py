@@ -37,6 +37,7 @@ from sact_tf import data
 from sact_tf import train
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
+from sact_tf.train import rundir
 
 # --dataset -> (family, TFDS dataset, preprocessing, default --model,
 # default --base_channels, default --tau)
@@ -86,7 +87,8 @@ def import_checkpoint(checkpoint, dataset, model_type, model, model_dir,
   spec = data.get_spec(tfds_name)
   units = common.parse_model(family, model or default_model)
   if os.path.isdir(model_dir) and (
-      tf.train.latest_checkpoint(model_dir)
+      rundir.find_checkpoints(model_dir)
+      or tf.train.latest_checkpoint(model_dir)
       or config_lib.load(model_dir) is not None):
     raise FileExistsError(
         f'{model_dir} already holds a run (a checkpoint or config.json); '

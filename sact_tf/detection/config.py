@@ -183,6 +183,8 @@ class DetectionConfig:
     seed: data order, augmentation and sampling seed.
     finetune_from: an experiments.imagenet checkpoint (directory or prefix)
       whose stem and blocks 1-4 initialise a new run, or None.
+    history: the settings changed when the run was resumed (see
+      `sact_tf.train.config.resume_config`).
   """
 
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -207,6 +209,7 @@ class DetectionConfig:
   summary_every: int = 100
   seed: int = 0
   finetune_from: Optional[str] = None
+  history: List[dict] = dataclasses.field(default_factory=list)
 
   def __post_init__(self):
     if isinstance(self.model, dict):

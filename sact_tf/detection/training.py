@@ -9,7 +9,6 @@ and the final batch norm are copied, the detection heads start fresh.
 """
 
 import collections
-import os
 import re
 import shutil
 import time
@@ -201,13 +200,21 @@ def check_dataset(config, spec):
                      f'{spec.name} has {spec.num_classes}.')
 
 
-def train(config, strategy=None):
+def train(config, strategy=None, *, allow_changed=False,
+          restart_from_scratch=False):
   """Trains the config's detector up to `config.train_steps` steps.
+
+  The run directory is locked while training and a run resumes from its
+  newest intact checkpoint, as in `sact_tf.train.train`.
 
   Args:
     config: a `sact_tf.detection.config.DetectionConfig`.
     strategy: a `tf.distribute.Strategy` (default: the default one); each
       replica takes one image per step.
+    allow_changed: resume a run with training settings other than its
+      config.json's (recorded in its history); refused otherwise.
+    restart_from_scratch: start from step 0 even if `config.model_dir`
+      holds a run (its checkpoints and config are moved aside).
 
   Returns:
     `TrainResult(step, checkpoint, metrics, seconds)`: the final step, the
@@ -217,20 +224,26 @@ def train(config, strategy=None):
   Raises:
     DatasetNotReadyError: before any model is built, if the data is missing.
     TrainingDivergedError: the loss or weights became non-finite.
-    ValueError: the model directory holds another detector.
+    RunDirectoryLockedError: another trainer holds the model directory.
+    ValueError: the model directory holds another detector, or a run with
+      other settings (without `allow_changed`), or no intact checkpoint.
   """
   started = time.time()
   strategy = strategy or tf.distribute.get_strategy()
   spec = data.get_spec(config.dataset)
   check_dataset(config, spec)
   builder = data.prepare(config.dataset, config.data_dir, config.download)
-  chief = distribution.is_chief(strategy)
-  os.makedirs(config.model_dir, exist_ok=True)
-  config_lib.check_same_model(config, config_lib.load(config.model_dir),
-                              config.model_dir)
-  if chief:
-    config_lib.save(config)
+  with steps.open_run(config, strategy, load=config_lib.load,
+                      check_same_model=config_lib.check_same_model,
+                      save=config_lib.save, allow_changed=allow_changed,
+                      restart_from_scratch=restart_from_scratch) as (
+                          config, resume, lock):
+    return _train(config, strategy, spec, builder, resume, lock, started)
 
+
+def _train(config, strategy, spec, builder, resume, lock, started):
+  """`train` inside the run directory's lock."""
+  chief = distribution.is_chief(strategy)
   with strategy.scope():
     model = build_model(config.model)
     optimizer, step = steps.make_optimizer(model, _schedule(config),
@@ -239,7 +252,7 @@ def train(config, strategy=None):
   if config.finetune_from:
     initialise = lambda: init_from_imagenet(model, config.finetune_from)
   manager, save_dir, latest = steps.restore_or_initialise(
-      model, optimizer, step, config, strategy, initialise)
+      model, optimizer, step, config, strategy, initialise, resume.latest)
   start = int(step.numpy())
   if steps.already_trained(start, config.train_steps):
     return TrainResult(start, latest, {}, time.time() - started)
@@ -282,6 +295,7 @@ def train(config, strategy=None):
       window=steps.MetricsWindow(_METRICS,
                                  totals={'dropped_boxes': replicas}),
       examples_per_step=replicas, rate_key='images_per_second',
-      on_summary=on_summary, latest=latest, after_save=after_save)
+      on_summary=on_summary, latest=latest, after_save=after_save,
+      lock=lock)
   return TrainResult(config.train_steps, last_path, last_metrics,
                      time.time() - started)

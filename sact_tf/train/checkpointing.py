@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from sact_tf.models import resnet
 from sact_tf.train import config as config_lib
+from sact_tf.train import rundir
 
 InitSummary = collections.namedtuple('InitSummary',
                                      ['copied', 'skipped', 'checkpoint'])
@@ -49,24 +50,17 @@ def make_checkpoint(model, optimizer=None, step=None):
 
 
 def resolve(path):
-  """The checkpoint prefix of `path`: a directory's latest, or `path` itself.
+  """The intact checkpoint prefix of `path`: a directory's newest, or `path`.
+
+  Checkpoints are found by their files (the `checkpoint` state file may be
+  missing or garbage) and checked before use (`rundir.check_intact`).
 
   Raises:
     FileNotFoundError: there is no checkpoint there.
+    rundir.CorruptCheckpointError (a ValueError): the newest checkpoint, or
+      the prefix given, cannot be read; the message names the intact one.
   """
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
-      raise FileNotFoundError(
-          f'No checkpoint in directory {path} (no "checkpoint" file listing '
-          'one). Train a model there first, or point at a checkpoint '
-          'directory or prefix.')
-    return latest
-  if not tf.io.gfile.exists(path + '.index'):
-    raise FileNotFoundError(
-        f'No checkpoint at {path}: expected a checkpoint directory or a '
-        f'prefix with {path}.index next to it.')
-  return path
+  return rundir.resolve(path)
 
 
 def restore_model(model, path):

@@ -7,9 +7,13 @@ so that later tools (evaluation, export, ponder maps) can rebuild the model.
 """
 
 import dataclasses
+import datetime
 import json
+import math
 import os
 from typing import List, Optional
+
+from absl import logging
 
 from sact_tf import architectures
 from sact_tf import fileio
@@ -63,6 +67,9 @@ class ExperimentConfig:
     init_mode: 'finetune' (every weight except the halting heads) or
       'baseline' (the first units of each block), with init_checkpoint.
     init_model: the model fields (MODEL_FIELDS) of init_checkpoint's model.
+    history: the settings changed when the run was resumed, oldest first:
+      [{'step', 'time', 'changed': {field: [old, new]}}] (see
+      `resume_config`).
   """
 
   family: str = 'imagenet'
@@ -100,6 +107,7 @@ class ExperimentConfig:
   init_checkpoint: Optional[str] = None
   init_mode: Optional[str] = None
   init_model: Optional[dict] = None
+  history: List[dict] = dataclasses.field(default_factory=list)
 
   def __post_init__(self):
     self.validate()
@@ -115,6 +123,10 @@ class ExperimentConfig:
     architectures.validate_model_type(self.model_type)
     losses.validate_tau(self.tau)
     halting.validate_eps(self.eps)
+    check_finite('halting_bias_init', self.halting_bias_init)
+    check_finite('weight_decay', self.weight_decay)
+    if self.weight_decay < 0:
+      raise ValueError(f'weight_decay must be >= 0, got {self.weight_decay}.')
     datasets.get_spec(self.dataset)
     if self.preprocessing not in pipelines.STYLES:
       raise ValueError(f'preprocessing must be one of {pipelines.STYLES}, '
@@ -176,6 +188,13 @@ def known_fields(cls, values, what='config'):
     raise ValueError(f'Unknown {what} fields {unknown}: was it written by a '
                      'newer sact_tf?')
   return dict(values)
+
+
+def check_finite(name, value):
+  """Raises ValueError unless `value` is a finite real number."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+      not math.isfinite(value)):
+    raise ValueError(f'{name} must be a finite number, got {value!r}.')
 
 
 def check_positive_int(name, value):
@@ -274,3 +293,111 @@ def check_same_model(config, saved, where):
   """Raises ValueError if `saved` describes another network than `config`."""
   if saved is not None:
     check_same_fields(saved, config, MODEL_FIELDS, where)
+
+
+# Fields that may differ when a run is resumed: they change where data is
+# read, what is evaluated and how often the run reports, not what it trains.
+FREE_ON_RESUME = ('data_dir', 'download', 'eval_batch_size', 'eval_examples',
+                  'eval_image_sizes', 'summary_images', 'model_dir',
+                  'summary_every', 'checkpoint_every', 'keep_checkpoints',
+                  'history')
+
+
+# Fields that may change on resume without `allow_changed`, recorded in the
+# history: a longer (or shorter) run is what restarting with a new
+# --train_steps asks for, and the learning-rate drops stay where they were.
+RECORDED_ON_RESUME = ('train_steps',)
+
+# Fields that say how a new run is initialised.
+INIT_FIELDS = ('init_checkpoint', 'init_mode', 'init_model', 'finetune_from')
+
+
+def _flat(values, prefix=''):
+  """A dict with nested dicts flattened to dotted keys."""
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, dict) and key not in ('init_model',):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def changed_settings(saved, config, free=FREE_ON_RESUME):
+  """{field: [saved value, new value]} of the training settings in which
+  `config` differs from `saved` (nested fields dotted, e.g. `model.tau`)."""
+  old, new = _flat(saved.to_dict()), _flat(config.to_dict())
+  return {key: [old.get(key), new.get(key)]
+          for key in sorted(set(old) | set(new))
+          if key.split('.')[-1] not in free and old.get(key) != new.get(key)}
+
+
+def learning_rate_at(config, step):
+  """The learning rate of `config`'s step schedule at `step`."""
+  index = sum(1 for b in config.lr_boundaries if step >= b)
+  return learning_rates(config)[index]
+
+
+def resume_config(config, saved, step, allow_changed=False):
+  """The config a resumed run goes on with, its changes recorded.
+
+  A run resumed with other training settings than `saved` (the run's
+  config.json) is refused unless `allow_changed`; then each change goes to
+  the new config's `history` with the step it applies from, and a learning
+  rate that would jump up at `step` is logged as a warning. Fields of
+  `FREE_ON_RESUME` may change freely; those of `RECORDED_ON_RESUME`
+  (`train_steps`) without `allow_changed`, but they are recorded. The caller checks the model first
+  (`check_same_model`).
+
+  Args:
+    config: the settings given now.
+    saved: the run's saved config, or None for a new run.
+    step: the step training resumes from.
+    allow_changed: accept changed training settings.
+
+  Returns:
+    `config` with `saved`'s history (and the new entry) in `history`.
+
+  Raises:
+    ValueError: settings changed and `allow_changed` is False.
+  """
+  if saved is None:
+    return config
+  if step > 0:
+    # How a new run is initialised does not apply to a resumed one: keep
+    # the record of how this one was.
+    for name in INIT_FIELDS:
+      if hasattr(config, name) and getattr(config, name) != getattr(
+          saved, name):
+        logging.info('Resuming at step %d: %s=%r does not apply (the run '
+                     'was initialised with %r).', step, name,
+                     getattr(config, name), getattr(saved, name))
+        setattr(config, name, getattr(saved, name))
+  changed = changed_settings(saved, config)
+  config.history = list(saved.history)
+  if not changed:
+    return config
+  listing = '; '.join(f'{k}: {old!r} -> {new!r}'
+                      for k, (old, new) in changed.items())
+  if not allow_changed and set(changed) - set(RECORDED_ON_RESUME):
+    raise ValueError(
+        f'{config.model_dir} holds a run trained with other settings '
+        f'({listing}). Resume it with the settings in its config.json, '
+        'pass --allow_changed_flags to go on with the new ones from step '
+        f'{step} (recorded in config.json\'s history), or use a new '
+        '--model_dir.')
+  old_rate = learning_rate_at(saved, step)
+  new_rate = learning_rate_at(config, step)
+  if new_rate > old_rate:
+    logging.warning('The learning rate at step %d goes up from %.3g (the '
+                    'saved schedule) to %.3g (the new settings).', step,
+                    old_rate, new_rate)
+  logging.warning('Resuming %s at step %d with changed settings: %s.',
+                  config.model_dir, step, listing)
+  config.history.append({
+      'step': int(step),
+      'time': datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec='seconds'),
+      'changed': changed,
+  })
+  return config

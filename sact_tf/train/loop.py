@@ -14,7 +14,6 @@ per-position ponder cost histograms (`sact_tf.summaries`).
 """
 
 import contextlib
-import os
 import random
 import shutil
 import time
@@ -175,19 +174,21 @@ def _make_ponder_summaries(model, config, builder, spec):
   return write
 
 
-def _check_resumable(config, chief):
-  saved = config_lib.load(config.model_dir)
-  config_lib.check_same_model(config, saved, config.model_dir)
-  if chief:
-    config_lib.save(config)
-
-
-def train(config, strategy=None):
+def train(config, strategy=None, *, allow_changed=False,
+          restart_from_scratch=False):
   """Trains the config's model up to `config.train_steps` steps.
+
+  The run directory is locked while training (one trainer per directory),
+  and a run resumes from its newest intact checkpoint (see
+  `sact_tf.train.rundir`).
 
   Args:
     config: an `ExperimentConfig`.
     strategy: a `tf.distribute.Strategy` (default: the default strategy).
+    allow_changed: resume a run with training settings other than its
+      config.json's (recorded in its history); refused otherwise.
+    restart_from_scratch: start from step 0 even if `config.model_dir`
+      holds a run (its checkpoints and config are moved aside, not deleted).
 
   Returns:
     `TrainResult(step, checkpoint, metrics, seconds)`: the final step, the
@@ -197,16 +198,25 @@ def train(config, strategy=None):
   Raises:
     DatasetNotReadyError: before any model is built, if the data is missing.
     TrainingDivergedError: the loss or weights became non-finite.
-    ValueError: the model directory holds a different model.
+    RunDirectoryLockedError: another trainer holds the model directory.
+    ValueError: the model directory holds a different model, or a run with
+      other settings (without `allow_changed`), or no intact checkpoint.
   """
   started = time.time()
   strategy = strategy or tf.distribute.get_strategy()
   spec = datasets.get_spec(config.dataset)
   builder = datasets.prepare(config.dataset, config.data_dir, config.download)
-  chief = distribution.is_chief(strategy)
-  os.makedirs(config.model_dir, exist_ok=True)
-  _check_resumable(config, chief)
+  with steps.open_run(config, strategy, load=config_lib.load,
+                      check_same_model=config_lib.check_same_model,
+                      save=config_lib.save, allow_changed=allow_changed,
+                      restart_from_scratch=restart_from_scratch) as (
+                          config, resume, lock):
+    return _train(config, strategy, spec, builder, resume, lock, started)
 
+
+def _train(config, strategy, spec, builder, resume, lock, started):
+  """`train` inside the run directory's lock."""
+  chief = distribution.is_chief(strategy)
   with strategy.scope(), _python_seed(config.seed):
     model = build_model(config)
     optimizer, step = steps.make_optimizer(model, _schedule(config),
@@ -216,7 +226,7 @@ def train(config, strategy=None):
     initialise = lambda: checkpointing.init_from_checkpoint(
         model, config.init_checkpoint, config.init_model, config.init_mode)
   manager, save_dir, latest = steps.restore_or_initialise(
-      model, optimizer, step, config, strategy, initialise)
+      model, optimizer, step, config, strategy, initialise, resume.latest)
   start = int(step.numpy())
   if steps.already_trained(start, config.train_steps):
     return TrainResult(start, latest, {}, time.time() - started)
@@ -251,7 +261,7 @@ def train(config, strategy=None):
       step=step, manager=manager, writer=writer,
       window=steps.MetricsWindow(_METRICS),
       examples_per_step=config.batch_size, rate_key='examples_per_second',
-      on_summary=on_summary, latest=latest)
+      on_summary=on_summary, latest=latest, lock=lock)
   if not chief:
     shutil.rmtree(save_dir, ignore_errors=True)
   return TrainResult(config.train_steps, last_path, last_metrics,

@@ -12,6 +12,7 @@ last checkpoint stays the last good one. The config of either
 """
 
 import collections
+import contextlib
 import math
 import os
 import time
@@ -21,7 +22,9 @@ import keras
 import tensorflow as tf
 
 from sact_tf.train import checkpointing
+from sact_tf.train import config as config_lib
 from sact_tf.train import distribution
+from sact_tf.train import rundir
 
 TrainResult = collections.namedtuple(
     'TrainResult', ['step', 'checkpoint', 'metrics', 'seconds'])
@@ -49,13 +52,58 @@ def make_optimizer(model, learning_rate, momentum):
   return optimizer, step
 
 
-def restore_or_initialise(model, optimizer, step, config, strategy,
-                          initialise=None):
-  """The run's checkpoint manager, with the latest checkpoint restored.
+@contextlib.contextmanager
+def open_run(config, strategy, *, load, check_same_model, save,
+             allow_changed=False, restart_from_scratch=False):
+  """Takes `config.model_dir` for training; yields `(config, resume, lock)`.
 
-  A run with a checkpoint in `config.model_dir` resumes from it (weights,
-  optimizer state, step); a new one calls `initialise()` when given (e.g.
-  fine-tuning from another model).
+  On the chief: takes the directory's training lock (held until the `with`
+  ends), checks that a saved config describes the same model, prepares the
+  checkpoints (`rundir.prepare_resume`: the newest intact one, broken newer
+  ones moved aside), checks the training settings against the saved ones
+  (`config_lib.resume_config`: changes refused unless `allow_changed`,
+  recorded in the config's history otherwise) and saves the config. Other
+  workers of a cluster only find the checkpoint to resume from.
+
+  Args:
+    config: the run's config (`ExperimentConfig` or `DetectionConfig`).
+    strategy: the `tf.distribute` strategy.
+    load, check_same_model, save: the config module's functions.
+    allow_changed: resume with changed training settings.
+    restart_from_scratch: start from step 0 even if the directory holds a
+      run; its checkpoints and config are moved into `replaced-<time>/`.
+
+  Raises:
+    RunDirectoryLockedError: another trainer holds the directory.
+    ValueError: the directory holds another model, changed settings were
+      not allowed, or no checkpoint there is intact.
+  """
+  chief = distribution.is_chief(strategy)
+  os.makedirs(config.model_dir, exist_ok=True)
+  lock = rundir.RunLock(config.model_dir) if chief else rundir.NoLock()
+  with lock:
+    saved = None if restart_from_scratch else load(config.model_dir)
+    check_same_model(config, saved, config.model_dir)
+    if chief:
+      resume = rundir.prepare_resume(config.model_dir, restart_from_scratch)
+    else:
+      latest = rundir.scan(config.model_dir).latest
+      resume = rundir.Resume(latest, rundir.checkpoint_step(latest)
+                             if latest else 0)
+    config = config_lib.resume_config(config, saved, resume.step,
+                                      allow_changed)
+    if chief:
+      save(config)
+    yield config, resume, lock
+
+
+def restore_or_initialise(model, optimizer, step, config, strategy,
+                          initialise=None, latest=None):
+  """The run's checkpoint manager, with checkpoint `latest` restored.
+
+  A run with a checkpoint to resume from (`latest`, found by `open_run`)
+  restores it (weights, optimizer state, step); a new one calls
+  `initialise()` when given (e.g. fine-tuning from another model).
 
   Returns:
     (manager, save_dir, latest): the `tf.train.CheckpointManager` writing to
@@ -67,7 +115,6 @@ def restore_or_initialise(model, optimizer, step, config, strategy,
   manager = tf.train.CheckpointManager(
       checkpoint, save_dir, max_to_keep=config.keep_checkpoints,
       checkpoint_name='ckpt')
-  latest = tf.train.latest_checkpoint(config.model_dir)
   if latest:
     checkpoint.restore(latest).assert_existing_objects_matched()
     logging.info('Resuming from %s (step %d).', latest, int(step.numpy()))
@@ -155,7 +202,7 @@ def save_checkpoint(model, manager, current):
 
 def run(train_step, iterator, start, config, *, model, optimizer, step,
         manager, writer, window, examples_per_step, rate_key, on_summary,
-        latest=None, after_save=None):
+        latest=None, after_save=None, lock=None):
   """Runs training steps `start + 1` to `config.train_steps`.
 
   Each step calls `train_step(iterator)` (a dict of metrics with `loss`),
@@ -166,7 +213,8 @@ def run(train_step, iterator, start, config, *, model, optimizer, step,
   the step, then `on_summary(current, metrics, window)` runs inside the
   writer's context (for the log line and further summaries). Checkpoints
   are saved every `config.checkpoint_every` steps and at the last step,
-  each followed by `after_save()` when given.
+  each followed by `after_save()` when given. `lock` (a `rundir.RunLock`)
+  gets a heartbeat at every summary and checkpoint.
 
   Returns:
     (the last checkpoint saved, else `latest`; the metrics of the last
@@ -200,10 +248,14 @@ def run(train_step, iterator, start, config, *, model, optimizer, step,
           tf.summary.scalar(key, value)
         on_summary(current, last_metrics, window)
       window.reset()
+      if lock is not None:
+        lock.heartbeat()
     if (current % config.checkpoint_every == 0
         or current == config.train_steps):
       last_path = save_checkpoint(model, manager, current)
       if after_save is not None:
         after_save()
+      if lock is not None:
+        lock.heartbeat()
   writer.flush()
   return last_path, last_metrics
