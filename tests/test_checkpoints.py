@@ -8,12 +8,9 @@ import tensorflow as tf
 
 from sact_tf import checkpoints, models
 
-SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
-ORACLE = os.path.join(SHARED, 'oracle', 'imagenet_sact_tiny')
-FORMAT = os.path.join(SHARED, 'checkpoint_format')
-
-needs_shared = pytest.mark.skipif(
-    not os.path.isdir(SHARED), reason='the shared/ reference folder is absent')
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+ORACLE = os.path.join(DATA, 'oracle', 'imagenet_sact_tiny')
+FORMAT = os.path.join(DATA, 'checkpoint_format')
 
 
 def oracle_model(model_type='sact', units=(2, 3, 4, 2)):
@@ -27,7 +24,6 @@ def relative_error(actual, expected):
   return np.abs(actual - expected).max() / np.abs(expected).max()
 
 
-@needs_shared
 def test_oracle_outputs_number_for_number():
   oracle = np.load(ORACLE + '.npz')
   model = oracle_model()
@@ -62,7 +58,6 @@ def authors_variables(list_file):
   return variables
 
 
-@needs_shared
 @pytest.mark.parametrize('make,list_file,count', [
     (lambda: models.imagenet_resnet(depth=101, model_type='sact'),
      'vars_imagenet_sact_101.txt', 863),
@@ -79,7 +74,6 @@ def test_variables_match_the_released_checkpoints(make, list_file, count):
   assert actual == expected
 
 
-@needs_shared
 def test_wrong_model_type_lists_the_mismatch():
   model = oracle_model('act')
   with pytest.raises(ValueError) as error:
@@ -91,7 +85,6 @@ def test_wrong_model_type_lists_the_mismatch():
   assert 'block1/unit_1/halting_proba/local_conv/weights' in message
 
 
-@needs_shared
 def test_wrong_depth_and_width_are_reported():
   with pytest.raises(ValueError, match='in the checkpoint but not in the '
                      'model') as error:
@@ -106,7 +99,6 @@ def test_wrong_depth_and_width_are_reported():
     checkpoints.load_authors_checkpoint(wide, ORACLE + '.ckpt')
 
 
-@needs_shared
 def test_truncated_checkpoint_is_an_error(tmp_path):
   prefix = os.path.join(tmp_path, 'cut.ckpt')
   shutil.copy(ORACLE + '.ckpt.index', prefix + '.index')

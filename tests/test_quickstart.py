@@ -2,10 +2,10 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
-ORACLE = os.path.join(ROOT, '..', 'shared', 'oracle', 'imagenet_sact_tiny.ckpt')
+ORACLE = os.path.join(ROOT, 'tests', 'data', 'oracle',
+                      'imagenet_sact_tiny.ckpt')
 
 
 def run_quickstart(*flags):
@@ -26,8 +26,6 @@ def test_quickstart_prints_a_table_per_block():
   assert 'Total:' in lines[-1] and '% of the plain ResNet' in lines[-1]
 
 
-@pytest.mark.skipif(not os.path.exists(ORACLE + '.index'),
-                    reason='the shared/ reference folder is absent')
 def test_quickstart_with_the_authors_checkpoint():
   out = run_quickstart('--model=2,3,4,2', '--base_channels=8',
                        '--num_classes=7', f'--authors_checkpoint={ORACLE}')
