@@ -2,7 +2,7 @@
 
   python -m experiments.cifar10 --model_dir=/tmp/sact32
 
-The authors' setup (SPEC.md section 4): SACT ResNet-32 (--model=5), tau
+The authors' CIFAR-10 setup: SACT ResNet-32 (--model=5), tau
 0.01, batch 128, 100k steps of momentum SGD with the learning rate 0.1
 divided by 10 at 60k, 75k and 90k steps, pad-crop-flip augmentation and
 per-image standardisation, Keras L2 1e-4. `--dataset=clutter_digits` runs the

@@ -3,7 +3,7 @@
   python -m experiments.imagenet --model_dir=/tmp/sact101 --tau=0.005
       --finetune_from=/tmp/resnet101 --data_dir=~/tensorflow_datasets
 
-The recipe of SPEC.md section 4: inception-style augmentation, central-crop
+The authors' ImageNet recipe: inception-style augmentation, central-crop
 evaluation, inputs in [-1, 1], label smoothing 0.1, momentum SGD with the
 learning rate (0.05 per 32 images) divided by 10 every 30 epochs, Keras L2
 5e-5. `--dataset=clutter_digits` runs the same recipe on the offline demo.

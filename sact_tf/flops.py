@@ -1,4 +1,4 @@
-"""The paper's FLOPs convention (SPEC.md section 3), in the graph and static.
+"""The paper's FLOPs convention, in the graph and static.
 
 Only convolutions count: 2 * output_positions * C_out * k_h * k_w * C_in per
 image (a multiply-add is two FLOPs). Biases, batch norm, activations, pooling,

@@ -1,4 +1,4 @@
-"""Image preprocessing for training and evaluation (SPEC.md section 4).
+"""Image preprocessing for training and evaluation.
 
 Two recipes:
 
@@ -20,7 +20,7 @@ Boxes are `[ymin, xmin, ymax, xmax]` normalised to [0, 1].
 
 import tensorflow as tf
 
-# Inception-style colour jitter (SPEC.md section 4).
+# Inception-style colour jitter, as in the authors' ImageNet training.
 _BRIGHTNESS_DELTA = 32.0 / 255.0
 _SATURATION_RANGE = (0.5, 1.5)
 _HUE_DELTA = 0.2

@@ -2,7 +2,7 @@
 
 `ModelConfig` defines the network and both stages; its defaults are the
 paper's (TF Object Detection API faster_rcnn_resnet101_coco with a
-pre-activation ResNet-101, SPEC.md section 4). `DetectionConfig` adds the
+pre-activation ResNet-101). `DetectionConfig` adds the
 data, optimisation and output settings of a run; it is saved as
 `config.json` in the model directory so that evaluation and export rebuild
 the same model, and so that a resumed run can check it is the same one.
