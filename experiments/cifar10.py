@@ -36,7 +36,7 @@ common.define_flags(BINARY, FLAGS)
 
 
 def main(argv):
-  common.run(BINARY, FLAGS, argv)
+  return common.run(BINARY, FLAGS, argv)
 
 
 if __name__ == '__main__':

@@ -153,6 +153,9 @@ def define_flags(binary, flag_values):
                        'summaries and log lines.', **fv)
   flags.DEFINE_integer('seed', 0, 'Seed of the initial weights, data order '
                        'and augmentation.', **fv)
+  flags.DEFINE_string('checkpoint', None, 'Checkpoint (prefix or directory) '
+                      'to evaluate instead of the newest intact one in '
+                      '--model_dir (--mode=eval).', **fv)
   define_run_flags(flag_values)
   _register_validators(binary, flag_values)
 
@@ -238,6 +241,13 @@ def _register_validators(binary, fv):
   _validator(fv, ['eval_image_size'], sizes)
   _validator(fv, ['lr_boundaries'],
              lambda v: _int_list(v['lr_boundaries'], 'lr_boundaries'))
+
+  def checkpoint_for_eval(values):
+    if values['checkpoint'] and values['mode'] != 'eval':
+      raise ValueError('--checkpoint picks the checkpoint to evaluate: use '
+                       'it with --mode=eval (training resumes from the '
+                       'newest intact checkpoint).')
+  _validator(fv, ['checkpoint', 'mode'], checkpoint_for_eval)
 
   def one_init(values):
     if values['finetune_from'] and values['baseline_from']:
@@ -441,7 +451,8 @@ def run(binary, fv, argv):
   if fv.mode in ('eval', 'train_and_eval') and distribution.is_chief(
       strategy):
     for size in config.eval_image_sizes:
-      summary = train.evaluate(config, image_size=size)
+      summary = train.evaluate(config, image_size=size,
+                               checkpoint=fv.checkpoint)
       summaries.append(summary)
       path = summary['path']
       print(train.format_table(summary), flush=True)

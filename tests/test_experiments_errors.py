@@ -106,6 +106,21 @@ def test_restart_with_other_flags_via_the_binary(tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-30')
   assert resumed.learning_rate == saved.learning_rate
 
+  # A truncated newest checkpoint: evaluation names it and the intact one
+  # to pass as --checkpoint, which then works.
+  data = tmp_path / 'ckpt-30.data-00000-of-00001'
+  data.write_bytes(data.read_bytes()[:100])
+  evaluate = ['cifar10', f'--model_dir={tmp_path}', '--mode=eval',
+              '--eval_batch_size=5']
+  with tfds.testing.mock_data(num_examples=5):
+    cifar10.FLAGS.unparse_flags()
+    message = _exit_message_of_main(cifar10.main, evaluate)
+    assert f'{tmp_path}/ckpt-30 cannot be read' in message
+    assert f'--checkpoint={tmp_path}/ckpt-20' in message
+    cifar10.FLAGS.unparse_flags()
+    [summary] = cifar10.main(evaluate + [f'--checkpoint={tmp_path}/ckpt-20'])
+  assert summary['step'] == 20
+
 
 @pytest.mark.slow
 def test_a_missing_flag_is_one_short_message():
