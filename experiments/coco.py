@@ -115,6 +115,9 @@ flags.DEFINE_integer('seed', 0, 'Seed of the data order, augmentation and '
 flags.DEFINE_string('export_dir', None, 'After training / evaluation, write '
                     'a serving SavedModel of the latest checkpoint here.',
                     **_fv)
+flags.DEFINE_boolean('overwrite', False, 'Let --export_dir replace a '
+                     'non-empty folder that is not an earlier export of '
+                     'this run (never the run directory itself).', **_fv)
 common.define_run_flags(FLAGS)
 
 
@@ -184,6 +187,13 @@ def main(argv):
     config = flags_to_config(FLAGS)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
+  if FLAGS.export_dir:
+    # A folder the export may not write is refused before any training.
+    try:
+      export.check_export_dir(
+          FLAGS.export_dir, config.model_dir, overwrite=FLAGS.overwrite)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
   strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.tpu)
   if FLAGS.mode in ('train', 'train_and_eval'):
     result = training.train(config, strategy,
@@ -201,9 +211,10 @@ def main(argv):
           f'{summary["detections_path"]}', flush=True)
   if FLAGS.export_dir:
     model = training.build_model(config.model)
-    training.restore_model(model, config.model_dir)
+    prefix = training.restore_model(model, config.model_dir)
     export.export_saved_model(model, FLAGS.export_dir, config.min_size,
-                              config.max_size)
+                              config.max_size, overwrite=FLAGS.overwrite,
+                              run_dir=config.model_dir, checkpoint=prefix)
     print(f'Exported to {FLAGS.export_dir}', flush=True)
   return summary
 

@@ -133,8 +133,9 @@ def test_coco_train_eval_export_and_resume(tmp_path, caplog):
     assert len(_tensors(os.path.join(model_dir, 'train'), 'loss')) == 4
 
   loaded = tf.saved_model.load(export_dir)
+  # Grey: an all-black image is refused (what float [0, 1] pixels become).
   out = loaded.signatures['serving_default'](
-      images=tf.zeros([1, 30, 50, 3], tf.uint8))
+      images=tf.fill([1, 30, 50, 3], tf.constant(128, tf.uint8)))
   assert out['detection_boxes'].shape == (1, 300, 4)
   assert out['ponder_map'].shape == (1, 30, 50)
   assert out['num_detections'].dtype == tf.int32

@@ -24,10 +24,8 @@ from sact_tf import checkpoints, data, inference, models, viz
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
 
-SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
-ORACLE = os.path.join(SHARED, 'oracle', 'imagenet_sact_tiny')
-needs_shared = pytest.mark.skipif(
-    not os.path.isdir(SHARED), reason='the shared/ reference folder is absent')
+ORACLE = os.path.join(os.path.dirname(__file__), 'data', 'oracle',
+                      'imagenet_sact_tiny')
 PHOTOS = os.path.join(os.path.dirname(sklearn.__file__), 'datasets', 'images')
 ORACLE_FLAGS = ['--dataset=imagenet', '--model=2,3,4,2', '--base_channels=8',
                 '--num_classes=7']
@@ -60,7 +58,6 @@ def _oracle_run(tmp_path_factory):
   return model_dir
 
 
-@needs_shared
 def test_imported_oracle_reproduces_the_authors_outputs(oracle_run):
   config, model, _ = checkpointing.load_run(oracle_run)
   assert config.model_fields() == dict(
@@ -77,7 +74,6 @@ def test_imported_oracle_reproduces_the_authors_outputs(oracle_run):
   np.testing.assert_array_equal(out['flops'].numpy(), oracle['flops'][:, 0])
 
 
-@needs_shared
 def test_ponder_maps_of_photos_from_the_imported_model(oracle_run, tmp_path,
                                                         capsys):
   output_dir = tmp_path / 'maps'
@@ -117,7 +113,6 @@ def test_ponder_maps_of_photos_from_the_imported_model(oracle_run, tmp_path,
     np.testing.assert_allclose(heat[at_max], table[-1], atol=1)
 
 
-@needs_shared
 def test_export_of_the_imported_model_serves_its_numbers(oracle_run,
                                                          tmp_path):
   export_dir = str(tmp_path / 'serving')
@@ -136,7 +131,6 @@ def test_export_of_the_imported_model_serves_its_numbers(oracle_run,
   assert served['ponder_map_resized'].shape == (2, 48, 40)
 
 
-@needs_shared
 @pytest.mark.slow
 def test_finetune_from_the_imported_model(oracle_run, tmp_path,
                                           tmp_path_factory):
@@ -201,7 +195,6 @@ def test_imported_checkpoint_evaluates_with_mode_eval(family, tmp_path):
   assert summary['model'] == config_lib.load(str(model_dir)).model_fields()
 
 
-@needs_shared
 @pytest.mark.parametrize('args, message', [
     (['--model_type=act'], 'does not match the model'),
     (['--model=2,3,5,2'], 'does not match the model'),
@@ -216,7 +209,6 @@ def test_import_refuses_a_model_that_does_not_fit(args, message, tmp_path):
   assert not (tmp_path / 'x').exists()
 
 
-@needs_shared
 def test_import_refuses_truncated_checkpoints_and_used_dirs(tmp_path,
                                                             oracle_run):
   truncated = tmp_path / 'truncated.ckpt'
@@ -300,3 +292,85 @@ def test_read_image_errors(tmp_path):
   with pytest.raises(FileNotFoundError):
     inference.read_image(str(tmp_path / 'none.jpg'))
   assert glob.glob(str(tmp_path / '*')) == [str(bad)]
+
+
+def _listing(folder):
+  """Every file under `folder`, relative, with its size."""
+  return sorted((os.path.relpath(os.path.join(path, name), folder),
+                 os.path.getsize(os.path.join(path, name)))
+                for path, _, names in os.walk(folder) for name in names)
+
+
+def test_export_never_writes_over_a_run_directory(tmp_path):
+  run = tmp_path / 'run'
+  _tiny_run(run)
+  (run / 'train').mkdir()
+  (run / 'train' / 'events.out.tfevents.1.host').write_bytes(b'logs')
+  (run / 'eval_test_32px.json').write_text('{}')
+  other = tmp_path / 'other'
+  _tiny_run(other)
+  before = _listing(tmp_path)
+  for export_dir, message in [(run, 'is the run directory'),
+                              (tmp_path, 'contains the run directory'),
+                              (other, 'looks like a run directory')]:
+    for overwrite in ([], ['--overwrite']):
+      with pytest.raises(app.UsageError,
+                         match=message + '.*even with --overwrite'):
+        export_binary.main(['export', f'--model_dir={run}',
+                            f'--export_dir={export_dir}', *overwrite])
+      export_binary.FLAGS.unparse_flags()
+  assert _listing(tmp_path) == before
+
+
+def test_export_replaces_its_own_run_or_with_overwrite(tmp_path, capsys):
+  run = tmp_path / 'run'
+  model = _tiny_run(run)
+  export_dir = tmp_path / 'serving'
+  export_dir.mkdir()
+  (export_dir / 'notes.txt').write_text('mine')
+
+  def export(*args, model_dir=run):
+    export_binary.FLAGS.unparse_flags()
+    export_binary.main(['export', f'--model_dir={model_dir}',
+                        f'--export_dir={export_dir}', *args])
+    return capsys.readouterr().out
+
+  with pytest.raises(app.UsageError,
+                     match=r'serving is not empty and is not an export of '
+                           r'this run: choose a new folder or pass '
+                           r'--overwrite to replace it'):
+    export()
+  assert os.listdir(export_dir) == ['notes.txt']
+  assert 'replacing its contents, --overwrite' in export('--overwrite')
+  assert not (export_dir / 'notes.txt').exists()
+  marker = json.loads((export_dir / 'sact_export.json').read_text())
+  assert marker['run_dir'] == os.path.realpath(run)
+  assert marker['checkpoint'].startswith(os.path.realpath(run))
+  assert marker['model'] == 'sact cifar ResNet (units [1, 1, 1], 10 classes)'
+  assert marker['max_image_size'] == 2048
+
+  # The same run again: replaced without --overwrite, with the new limit.
+  printed = export('--max_image_size=40')
+  assert 'replacing the earlier export of this run' in printed
+  assert json.loads((export_dir / 'sact_export.json').read_text())[
+      'max_image_size'] == 40
+  serve = tf.saved_model.load(str(export_dir)).signatures['serving_default']
+  image = np.random.default_rng(4).integers(0, 255, (1, 40, 32, 3),
+                                            dtype=np.uint8)
+  out = model(tf.image.per_image_standardization(
+      tf.constant(image, tf.float32)), training=False)
+  np.testing.assert_allclose(serve(images=image)['probabilities'].numpy(),
+                             tf.nn.softmax(out['logits']).numpy(),
+                             rtol=1e-5, atol=1e-7)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r'images are 41x32 pixels.*--max_image_size'):
+    serve(images=np.ones([1, 41, 32, 3], np.uint8))
+
+  # Another run's export is not this run's to replace.
+  other = tmp_path / 'other'
+  _tiny_run(other, model_type='act')
+  with pytest.raises(app.UsageError,
+                     match=r'holds an export of another run .*--overwrite'):
+    export(model_dir=other)
+  assert json.loads((export_dir / 'sact_export.json').read_text())[
+      'run_dir'] == os.path.realpath(run)
