@@ -18,6 +18,8 @@ import collections
 
 import tensorflow as tf
 
+from sact_tf import architectures
+
 HaltingState = collections.namedtuple(
     'HaltingState',
     ['cumsum', 'remainder', 'ponder_cost', 'num_units', 'active'])
@@ -33,11 +35,10 @@ Fields (all of the same shape, `[B]` or `[B, H, W]`):
 
 
 def validate_eps(eps):
-  """Returns `eps` as a float, or raises if it is not in (0, 1)."""
-  try:
-    eps = float(eps)
-  except (TypeError, ValueError):
-    raise ValueError(f'eps must be a number in (0, 1), got {eps!r}.') from None
+  """Returns `eps` as a float, or raises unless it is a number in (0, 1)
+  (not a bool or a string)."""
+  eps = architectures.finite_float('eps', eps,
+                                   ' in the open interval (0, 1)')
   if not 0.0 < eps < 1.0:
     raise ValueError(f'eps must be in the open interval (0, 1), got {eps}.')
   return eps

@@ -2,13 +2,14 @@
 
 import tensorflow as tf
 
+from sact_tf import architectures
+
 
 def validate_tau(tau):
-  """Returns `tau` as a float, or raises if it is not a number >= 0."""
-  try:
-    tau = float(tau)
-  except (TypeError, ValueError):
-    raise ValueError(f'tau must be a number >= 0, got {tau!r}.') from None
+  """Returns `tau` as a float, or raises unless it is a finite number >= 0
+  (not a bool or a string)."""
+  tau = architectures.finite_float('tau', tau,
+                                   ' >= 0 (the ponder cost weight)')
   if not tau >= 0.0:
     raise ValueError(f'tau must be >= 0 (the ponder cost weight), got {tau}.')
   return tau

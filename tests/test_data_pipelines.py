@@ -1,3 +1,9 @@
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -94,3 +100,112 @@ def test_imagenet_labels_are_shifted_for_the_background_class():
 def test_unknown_style_is_rejected(mock_cifar):
   with pytest.raises(ValueError, match='preprocessing style'):
     pipelines.eval_dataset(mock_cifar, data.get_spec('cifar10'), 'vgg', 32, 4)
+
+
+class SactPipelineTestImages(tfds.core.GeneratorBasedBuilder):
+  """12 random 8x8 PNG images per split: small enough for TFDS to cache."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(8, 8, 3)),
+            'label': tfds.features.ClassLabel(num_classes=10),
+        }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples(0),
+            'test': self._generate_examples(1)}
+
+  def _generate_examples(self, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(12):
+      yield i, {'image': rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+                'label': i % 10}
+
+
+# A training shuffle buffer smaller than the split: the last epoch of a
+# stream is read partially.
+_TINY_SPEC = dataclasses.replace(
+    data.get_spec('cifar10'), name='sact_pipeline_test_images',
+    num_train_examples=12, image_size=8, shuffle_buffer=4)
+
+
+@pytest.fixture(name='tiny_data_dir', scope='module')
+def _tiny_data_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  builder = SactPipelineTestImages(data_dir=data_dir)
+  builder.download_and_prepare()
+  return builder.data_dir
+
+
+def _dataset_ops(dataset):
+  """The op types of a dataset's graph, its functions' included."""
+  variant = dataset._variant_tensor  # pylint: disable=protected-access
+  graph = tf.compat.v1.GraphDef()
+  graph.ParseFromString(
+      tf.raw_ops.DatasetToGraphV2(input_dataset=variant).numpy())
+  return ({node.op for node in graph.node}
+          | {node.op for function in graph.library.function
+             for node in function.node_def})
+
+
+def _partial_reads(builder):
+  return {
+      'eval first batch': pipelines.eval_dataset(
+          builder, _TINY_SPEC, 'cifar', 8, 4, num_examples=4),
+      'eval all': pipelines.eval_dataset(builder, _TINY_SPEC, 'cifar', 8, 5),
+      'train': pipelines.train_dataset(builder, _TINY_SPEC, 'cifar', 8, 4,
+                                       end_step=5),
+  }
+
+
+def test_pipelines_do_not_read_through_a_tfds_cache(tiny_data_dir):
+  builder = tfds.builder_from_directory(tiny_data_dir)
+  # TFDS would cache this dataset by itself (it is small)...
+  assert 'CacheDatasetV2' in _dataset_ops(builder.as_dataset(split='test'))
+  # ... and a cache read partially logs "The calling iterator did not fully
+  # read the dataset being cached" and discards what it cached.
+  for name, dataset in _partial_reads(builder).items():
+    ops = _dataset_ops(dataset)
+    assert not {op for op in ops if op.startswith('CacheDataset')}, name
+
+
+# What the README's demo runs: the summaries' first batch of the evaluation
+# split, then part of a training stream. The warning comes from TensorFlow's
+# C++ logging, which TF_CPP_MIN_LOG_LEVEL (read at start-up) silences, hence
+# a process of its own.
+_PARTIAL_READS_SCRIPT = textwrap.dedent("""
+    import gc
+    import sys
+    import tensorflow_datasets as tfds
+    from tests import test_data_pipelines as t
+    builder = tfds.builder_from_directory(sys.argv[1])
+    datasets = t._partial_reads(builder)
+    assert next(iter(datasets['eval first batch']))['image'].shape[0] == 4
+    assert sum(int(b['label'].shape[0]) for b in datasets['eval all']) == 12
+    for step, _ in enumerate(datasets['train']):
+      if step == 3:
+        break
+    del datasets, _
+    gc.collect()
+    print('read')
+""")
+
+
+@pytest.mark.slow
+def test_partial_reads_log_no_cache_warning(tiny_data_dir):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  paths = [root] + [p for p in os.environ.get('PYTHONPATH', '').split(
+      os.pathsep) if p]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='0',
+             PYTHONPATH=os.pathsep.join(paths))
+  result = subprocess.run(
+      [sys.executable, '-c', _PARTIAL_READS_SCRIPT, tiny_data_dir],
+      capture_output=True, text=True, env=env, cwd=root, timeout=300,
+      check=False)
+  assert result.returncode == 0 and 'read' in result.stdout, result.stderr
+  assert 'did not fully read the dataset being cached' not in result.stderr

@@ -44,9 +44,16 @@ def load_encoded(builder, split):
   Images stay encoded until preprocessing so that skipped examples (and
   those waiting in a shuffle buffer) are never decoded and JPEG crops decode
   only what they keep.
+
+  TFDS' automatic in-memory cache of small datasets is off: the pipelines
+  read a split partially (`eval_examples` with `num_examples`, the first
+  batch for summaries, a training stream ending mid-epoch), and a cache
+  read partially logs a warning and throws its contents away. The records
+  are read from the files instead, which the operating system caches.
   """
   return builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={'image': tfds.decode.SkipDecoding()})
+                            decoders={'image': tfds.decode.SkipDecoding()},
+                            read_config=tfds.ReadConfig(try_autocache=False))
 
 
 def _cardinality(dataset, split):

@@ -63,6 +63,24 @@ def _deserialize_list(configs):
   return [keras.saving.deserialize_keras_object(c) for c in configs]
 
 
+def _layer_list(name, layers):
+  """`layers` as a list, or raises naming `name` unless it is a sequence of
+  Keras layers."""
+  if isinstance(layers, (keras.layers.Layer, str, bytes)):
+    raise ValueError(f'{name} must be a list of Keras layers, got '
+                     f'{layers!r}.')
+  try:
+    layers = list(layers)
+  except TypeError:
+    raise ValueError(f'{name} must be a list of Keras layers, got '
+                     f'{layers!r}.') from None
+  for layer in layers:
+    if not isinstance(layer, keras.layers.Layer):
+      raise ValueError(f'{name} must be a list of Keras layers, got '
+                       f'{layer!r} among them.')
+  return layers
+
+
 def _build_once(layer, input_shape):
   # Layers restored from a config arrive built already.
   if not layer.built:
@@ -189,9 +207,10 @@ class _Block(keras.layers.Layer):
 
   def __init__(self, units, **kwargs):
     super().__init__(**kwargs)
-    units = list(units)
+    units = _layer_list('units', units)
     if not units:
-      raise ValueError('units must hold at least one unit layer.')
+      raise ValueError('units must hold at least one unit layer, got an '
+                       'empty list.')
     self.units = units
 
   def _build_units(self, input_shape):
@@ -244,12 +263,12 @@ class _HaltingBlock(_Block):
 
   def __init__(self, units, halting_heads, eps=0.01, sparse=True, **kwargs):
     super().__init__(units, **kwargs)
-    halting_heads = list(halting_heads)
+    halting_heads = _layer_list('halting_heads', halting_heads)
     if len(halting_heads) != len(self.units) - 1:
       raise ValueError(
-          f'A block of {len(self.units)} units needs {len(self.units) - 1} '
-          f'halting heads (the last unit halts by definition), got '
-          f'{len(halting_heads)}.')
+          f'halting_heads: a block of {len(self.units)} units needs '
+          f'{len(self.units) - 1} halting heads (the last unit halts by '
+          f'definition), got {len(halting_heads)}.')
     self.halting_heads = halting_heads
     self.eps = halting.validate_eps(eps)
     self.sparse = sparse_lib.validate_sparse(sparse)
@@ -379,6 +398,14 @@ class _HaltingBlock(_Block):
       for k, unit_layers in enumerate(layers):
         values = [v for layer in unit_layers for v in layer.variables]
         array = array.write(k, tf.convert_to_tensor(values[slot]))
+      # Eagerly, TensorFlow logs an error for a written array that is never
+      # read, which is legitimate here: a loop that runs no step (every
+      # image or position halted at unit 1) reads none of them. (Traced, the
+      # loop body reads them whatever it does at run time, and `write`
+      # returns a plain array, without `mark_used`.)
+      mark_used = getattr(array, 'mark_used', None)
+      if mark_used is not None:
+        mark_used()
       arrays.append(array)
     return unit, head, template, arrays
 

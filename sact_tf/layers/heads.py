@@ -14,6 +14,7 @@ state that `sact_tf.layers.SACTBlock` keeps around the active positions.
 import keras
 import tensorflow as tf
 
+from sact_tf import architectures
 from sact_tf import flops as flops_lib
 from sact_tf import sparse as sparse_lib
 from sact_tf.layers import common
@@ -165,11 +166,13 @@ class _HaltingHead(keras.layers.Layer):
   def __init__(self, halting_bias_init=-3.0, bn_momentum=0.997,
                bn_epsilon=1e-5, leakiness=None, weight_decay=0.0, **kwargs):
     super().__init__(**kwargs)
-    self.halting_bias_init = float(halting_bias_init)
-    self.bn_momentum = bn_momentum
-    self.bn_epsilon = bn_epsilon
-    self.leakiness = leakiness
-    self.weight_decay = weight_decay
+    self.halting_bias_init = architectures.finite_float(
+        'halting_bias_init', halting_bias_init, ' (the initial halting logit)')
+    self.bn_momentum, self.bn_epsilon = architectures.validate_batch_norm(
+        bn_momentum, bn_epsilon)
+    self.leakiness = architectures.validate_leakiness(leakiness,
+                                                      allow_none=True)
+    self.weight_decay = architectures.validate_weight_decay(weight_decay)
 
   def _activation(self, x):
     # The authors' CIFAR heads put a leaky ReLU after their batch norms.

@@ -39,6 +39,7 @@ block computes itself (`preact_affine()` gives its batch norm).
 import keras
 import tensorflow as tf
 
+from sact_tf import architectures
 from sact_tf import flops as flops_lib
 from sact_tf import sparse as sparse_lib
 from sact_tf.layers import common
@@ -106,26 +107,28 @@ class BottleneckUnit(keras.layers.Layer):
                bn_epsilon=1e-5, weight_decay=0.0, sparse=True,
                dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
     super().__init__(**kwargs)
-    if stride not in (1, 2):
-      raise ValueError(f'stride must be 1 or 2, got {stride!r}.')
-    self.depth = int(depth)
-    self.depth_bottleneck = int(depth_bottleneck)
-    self.stride = stride
-    self.bn_momentum = bn_momentum
-    self.bn_epsilon = bn_epsilon
-    self.weight_decay = weight_decay
+    self.depth = architectures.positive_int('depth', depth)
+    self.depth_bottleneck = architectures.positive_int('depth_bottleneck',
+                                                       depth_bottleneck)
+    self.stride = architectures.validate_stride(stride)
+    self.bn_momentum, self.bn_epsilon = architectures.validate_batch_norm(
+        bn_momentum, bn_epsilon)
+    self.weight_decay = architectures.validate_weight_decay(weight_decay)
     self.sparse = sparse_lib.validate_sparse(sparse)
     self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
-    bn = lambda name: common.batch_norm(name, bn_momentum, bn_epsilon)
+    bn = lambda name: common.batch_norm(name, self.bn_momentum,
+                                        self.bn_epsilon)
     self.preact = bn('preact')
-    self.conv1 = common.conv(depth_bottleneck, 1, 'conv1', use_bias=False,
-                             weight_decay=weight_decay)
+    self.conv1 = common.conv(self.depth_bottleneck, 1, 'conv1',
+                             use_bias=False, weight_decay=self.weight_decay)
     self.conv1_bn = bn('conv1_bn')
-    self.conv2 = common.conv(depth_bottleneck, 3, 'conv2', strides=stride,
-                             use_bias=False, weight_decay=weight_decay,
-                             padding='same' if stride == 1 else 'valid')
+    self.conv2 = common.conv(self.depth_bottleneck, 3, 'conv2',
+                             strides=self.stride, use_bias=False,
+                             weight_decay=self.weight_decay,
+                             padding='same' if self.stride == 1 else 'valid')
     self.conv2_bn = bn('conv2_bn')
-    self.conv3 = common.conv(depth, 1, 'conv3', weight_decay=weight_decay)
+    self.conv3 = common.conv(self.depth, 1, 'conv3',
+                             weight_decay=self.weight_decay)
     self.shortcut = None
 
   def build(self, input_shape):
@@ -312,23 +315,26 @@ class CifarUnit(keras.layers.Layer):
                bn_epsilon=1e-3, weight_decay=0.0, sparse=True,
                dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
     super().__init__(**kwargs)
-    if stride not in (1, 2):
-      raise ValueError(f'stride must be 1 or 2, got {stride!r}.')
-    self.depth = int(depth)
-    self.stride = stride
-    self.activate_before_residual = activate_before_residual
-    self.leakiness = leakiness
-    self.double_activation = double_activation
-    self.bn_momentum = bn_momentum
-    self.bn_epsilon = bn_epsilon
-    self.weight_decay = weight_decay
+    self.depth = architectures.positive_int('depth', depth)
+    self.stride = architectures.validate_stride(stride)
+    self.activate_before_residual = architectures.validate_bool(
+        'activate_before_residual', activate_before_residual)
+    self.leakiness = architectures.validate_leakiness(leakiness)
+    self.double_activation = architectures.validate_bool(
+        'double_activation', double_activation)
+    self.bn_momentum, self.bn_epsilon = architectures.validate_batch_norm(
+        bn_momentum, bn_epsilon)
+    self.weight_decay = architectures.validate_weight_decay(weight_decay)
     self.sparse = sparse_lib.validate_sparse(sparse)
     self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
-    self.preact = common.batch_norm('preact', bn_momentum, bn_epsilon)
-    self.conv1 = common.conv(depth, 3, 'conv1', strides=stride,
-                             use_bias=False, weight_decay=weight_decay)
-    self.conv1_bn = common.batch_norm('conv1_bn', bn_momentum, bn_epsilon)
-    self.conv2 = common.conv(depth, 3, 'conv2', weight_decay=weight_decay)
+    self.preact = common.batch_norm('preact', self.bn_momentum,
+                                    self.bn_epsilon)
+    self.conv1 = common.conv(self.depth, 3, 'conv1', strides=self.stride,
+                             use_bias=False, weight_decay=self.weight_decay)
+    self.conv1_bn = common.batch_norm('conv1_bn', self.bn_momentum,
+                                      self.bn_epsilon)
+    self.conv2 = common.conv(self.depth, 3, 'conv2',
+                             weight_decay=self.weight_decay)
 
   def build(self, input_shape):
     self.depth_in = int(input_shape[-1])

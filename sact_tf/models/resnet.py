@@ -24,6 +24,8 @@ from sact_tf.layers import units as units_lib
 
 _BLOCK_KEYS = ('ponder_cost', 'ponder_map', 'num_units',
                'halting_distribution', 'flops')
+_EMPTY_IMAGES = ('images must have height and width >= 1 and at least one '
+                 'image; got shape')
 
 
 def _make_block(model, units, make_head, name):
@@ -48,8 +50,14 @@ class ResNet(keras.Model):
   the compiled loss, which is applied to `logits`; Keras L2 regularisation is
   on every conv kernel (`weight_decay`).
 
+  Integer arguments must be positive ints (Python or NumPy ints; not floats
+  or bools), float ones finite numbers; anything else raises ValueError
+  naming the argument. Images must have at least one image of at least one
+  pixel (checked from the static shape, or in the graph where it is not
+  known).
+
   Args:
-    family: 'imagenet' (bottleneck units, SPEC.md section 2) or 'cifar'.
+    family: 'imagenet' (bottleneck units, 64-channel stem) or 'cifar'.
     units: units per block (4 ints for ImageNet, 3 for CIFAR).
     model_type: 'resnet', 'act' or 'sact'.
     num_classes: classifier outputs.
@@ -58,7 +66,7 @@ class ResNet(keras.Model):
     halting_bias_init: initial halting bias (-3).
     eps: halting threshold 1 - eps, in (0, 1).
     tau: ponder cost weight in the training loss, >= 0.
-    weight_decay: Keras L2 factor on conv kernels.
+    weight_decay: Keras L2 factor on conv kernels, >= 0.
     sparse: at inference, ACT blocks run their units on the active images
       only and SACT blocks at the active positions only (see
       `sact_tf.layers.blocks`); False computes densely and masks. Same
@@ -84,18 +92,14 @@ class ResNet(keras.Model):
     self.units_per_block = (architectures.imagenet_units(units=units)
                             if family == 'imagenet' else
                             architectures.cifar_units(units))
-    if int(num_classes) < 1:
-      raise ValueError(f'num_classes must be a positive int, got '
-                       f'{num_classes!r}.')
-    self.num_classes = int(num_classes)
-    if int(base_channels) < 1:
-      raise ValueError(f'base_channels must be a positive int, got '
-                       f'{base_channels!r}.')
-    self.base_channels = int(base_channels)
-    self.halting_bias_init = float(halting_bias_init)
+    self.num_classes = architectures.positive_int('num_classes', num_classes)
+    self.base_channels = architectures.positive_int('base_channels',
+                                                    base_channels)
+    self.halting_bias_init = architectures.finite_float(
+        'halting_bias_init', halting_bias_init, ' (the initial halting logit)')
     self.eps = halting.validate_eps(eps)
     self.tau = losses.validate_tau(tau)
-    self.weight_decay = float(weight_decay)
+    self.weight_decay = architectures.validate_weight_decay(weight_decay)
     self.sparse = sparse_lib.validate_sparse(sparse)
     self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     if family == 'imagenet':
@@ -152,6 +156,10 @@ class ResNet(keras.Model):
     return [block.name for block in self.blocks]
 
   def _validate_images(self, images):
+    """Raises ValueError unless `images` are float `[B, H, W, 3]` with B, H
+    and W >= 1 as far as its static shape tells; returns `images`, behind an
+    in-graph assertion on the dimensions that are not known statically
+    (none when they all are, e.g. eagerly)."""
     if images.shape.rank != 4:
       raise ValueError(f'images must have shape [batch, height, width, 3] '
                        f'(rank 4), got shape {images.shape}.')
@@ -163,6 +171,18 @@ class ResNet(keras.Model):
           f'images must be float (e.g. scaled to [-1, 1]), got dtype '
           f'{images.dtype.name}; convert with tf.cast(images, tf.float32) and '
           'rescale first.')
+    # Without this, an empty batch or image fails inside a convolution with
+    # a message about unrelated shapes.
+    sizes = images.shape[:3]
+    if 0 in sizes:
+      raise ValueError(f'{_EMPTY_IMAGES} {images.shape}.')
+    if None in sizes:
+      shape = tf.shape(images)
+      check = tf.debugging.Assert(tf.reduce_all(shape[:3] > 0),
+                                  [_EMPTY_IMAGES, shape], summarize=4)
+      with tf.control_dependencies([check]):
+        images = tf.identity(images)
+    return images
 
   def _stem(self, images):
     if self.family == 'imagenet':
@@ -203,8 +223,7 @@ class ResNet(keras.Model):
       `[B]` (the stem's and the blocks'), `ponder_cost` `[B]` summed over
       the blocks (ACT/SACT only) and each block's `blockK/...` outputs.
     """
-    images = tf.convert_to_tensor(images)
-    self._validate_images(images)
+    images = self._validate_images(tf.convert_to_tensor(images))
     x, flops = self._stem(images)
     outputs = {}
     ponder_cost = 0.0
@@ -266,7 +285,7 @@ def imagenet_resnet(depth=None, units=None, model_type='sact',
                     eps=0.01, tau=0.0, weight_decay=5e-5, sparse=True,
                     dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION,
                     name='resnet_v2'):
-  """ImageNet pre-activation ResNet (SPEC.md section 2).
+  """ImageNet pre-activation ResNet, laid out as the authors' models.
 
   Give `depth` (50, 101, 152, 200) or `units` (four ints); with neither, the
   ResNet-101 layout [3, 4, 23, 3]. Downsampling is in the first unit of

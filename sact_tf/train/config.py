@@ -9,7 +9,6 @@ so that later tools (evaluation, export, ponder maps) can rebuild the model.
 import dataclasses
 import datetime
 import json
-import math
 import os
 from typing import List, Optional
 
@@ -192,14 +191,12 @@ def known_fields(cls, values, what='config'):
 
 def check_finite(name, value):
   """Raises ValueError unless `value` is a finite real number."""
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-      not math.isfinite(value)):
-    raise ValueError(f'{name} must be a finite number, got {value!r}.')
+  architectures.finite_float(name, value)
 
 
 def check_positive_int(name, value):
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ValueError(f'{name} must be a positive int, got {value!r}.')
+  """Raises ValueError unless `value` is an int >= 1 (not a bool)."""
+  architectures.positive_int(name, value)
 
 
 def check_steps(config):
