@@ -24,7 +24,7 @@ from absl import flags
 import numpy as np
 from scipy import ndimage
 
-from sact_tf import saliency
+from sact_tf.saliency import metrics as saliency
 
 FLAGS = flags.FLAGS
 
@@ -121,7 +121,7 @@ def synthetic_image(rng, fixation_shape=FIXATION_SHAPE,
 
 
 class _Sparse:
-  """Stand-in for `experiments.cat2000.SparseFixations` (no TF import)."""
+  """Stand-in for `sact_tf.saliency.SparseFixations`."""
 
   ndim = 2
 

@@ -41,39 +41,11 @@ fixation maps are at the 64x64 canvas resolution; --image_size defaults to
 the run's training size (square), the scale the model saw in training.
 """
 
-import os
-import re
-import time
-
 from absl import app
 from absl import flags
-from absl import logging
-import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from experiments import common
-from sact_tf import data
-from sact_tf import inference
 from sact_tf import saliency
-from sact_tf.data import cat2000 as cat2000_data
-from sact_tf.train import checkpointing
-from sact_tf.train import config as config_lib
-from sact_tf.train import evaluation
-
-DATASETS = ('cat2000', 'clutter_digits')
-# Images per category and half used by default (None: all of them).
-DEFAULT_MAX_IMAGES = {'cat2000': None, 'clutter_digits': 25}
-DEFAULT_CAT2000_SIZE = (320, 180)
-# clutter_digits: a pixel of the digit's box is a fixation when its brightest
-# channel reaches this value (the digit's colour has a channel at 255, the
-# background is at most 0.2 * 255).
-DIGIT_THRESHOLD = 128
-SALIENCY_MAP = ('total ponder map: per-position ponder cost summed over the '
-                'blocks, nearest-upsampled to the model input size')
-ROWS = (('center_baseline', 'Centre baseline'),
-        ('ponder', '{model} ponder map'),
-        ('ponder_center', '{model} + centre baseline'))
 
 FLAGS = flags.FlagValues()
 _fv = dict(flag_values=FLAGS)
@@ -81,7 +53,7 @@ flags.DEFINE_string('model_dir', None, 'Run directory of an ACT/SACT model '
                     '(config.json and checkpoints).', **_fv)
 flags.DEFINE_string('checkpoint', None, 'Checkpoint (directory or prefix) to '
                     'restore instead of the latest of --model_dir.', **_fv)
-flags.DEFINE_enum('dataset', 'cat2000', DATASETS, 'cat2000 (manual '
+flags.DEFINE_enum('dataset', 'cat2000', saliency.DATASETS, 'cat2000 (manual '
                   'download) or the offline clutter_digits demo.', **_fv)
 flags.DEFINE_string('data_dir', None, 'TFDS data directory (default: '
                     '$TFDS_DATA_DIR or ~/tensorflow_datasets).', **_fv)
@@ -111,24 +83,10 @@ flags.DEFINE_integer('max_images_per_category', None, 'Use at most N images '
                      **_fv)
 
 
-def parse_image_size(text):
-  """'WIDTHxHEIGHT' (or 'N' for NxN) -> (width, height)."""
-  match = re.fullmatch(r'\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?', str(text))
-  if match:
-    width = int(match.group(1))
-    height = int(match.group(2) or width)
-    if width > 0 and height > 0:
-      return width, height
-  raise ValueError(
-      f'--image_size must be WIDTHxHEIGHT in pixels, both positive, e.g. '
-      f'320x180 (ImageNet model, as in the paper) or 640x360 (COCO model); '
-      f'got {text!r}.')
-
-
 def _check_image_size(value):
   if value is not None:
     try:
-      parse_image_size(value)
+      saliency.parse_image_size(value)
     except ValueError as e:
       raise flags.ValidationError(str(e)) from None
   return True
@@ -137,296 +95,33 @@ def _check_image_size(value):
 flags.register_validator('image_size', _check_image_size, flag_values=FLAGS)
 
 
-class SparseFixations:
-  """A binary fixation map kept as the flat indices of its fixated pixels.
+def main(argv):
+  """Runs the evaluation; `argv` may carry flags (tests pass a command line).
 
-  CAT2000's maps are 1080x1920 with a few hundred fixations each: dense
-  copies of 2,000 of them would take gigabytes. `np.asarray` (which
-  `sact_tf.saliency` applies) gives the dense map back.
-  """
-
-  ndim = 2
-
-  def __init__(self, fixation_map):
-    fixation_map = np.asarray(fixation_map)
-    if fixation_map.ndim == 3:
-      fixation_map = fixation_map[..., 0]
-    self.shape = tuple(fixation_map.shape)
-    self.indices = np.flatnonzero(fixation_map > 0)
-
-  @property
-  def num_fixations(self):
-    return int(self.indices.size)
-
-  def __array__(self, dtype=None, copy=None):
-    del copy  # Always a new array.
-    dense = np.zeros(self.shape, dtype=dtype or np.uint8)
-    dense.flat[self.indices] = 1
-    return dense
-
-
-def resize_image(image, width, height):
-  """uint8 `[H, W, 3]` -> uint8 `[height, width, 3]` (bilinear, antialiased).
-
-  The aspect ratio is not kept: like the paper, the images are resized to
-  exactly the given size.
-  """
-  image = np.asarray(image)
-  if image.shape[:2] == (height, width):
-    return image
-  resized = tf.image.resize(image, (height, width), method='bilinear',
-                            antialias=True)
-  return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
-
-
-def digit_fixations(image, bbox, threshold=DIGIT_THRESHOLD):
-  """clutter_digits' stand-in for fixations: the digit's stroke pixels.
-
-  Args:
-    image: uint8 `[H, W, 3]` canvas.
-    bbox: the digit's tight box `[ymin, xmin, ymax, xmax]` in [0, 1].
-    threshold: brightest-channel value from which a pixel of the box counts
-      as ink.
-
-  Returns:
-    bool `[H, W]`, True on the digit's pixels.
-  """
-  image = np.asarray(image)
-  height, width = image.shape[:2]
-  ymin, xmin, ymax, xmax = np.round(
-      np.asarray(bbox, np.float64) * [height, width, height, width]).astype(
-          int)
-  fixations = np.zeros((height, width), bool)
-  box = image[ymin:ymax, xmin:xmax].max(axis=-1) >= threshold
-  fixations[ymin:ymax, xmin:xmax] = box
-  return fixations
-
-
-def _halves(groups, max_images):
-  """{category: [items]} -> (first half, second half) of each category.
-
-  Each category's items are cut in two in order (the first half gets
-  len // 2, as the cat2000 builder does) and at most `max_images` of each
-  half are kept. Returns two lists of `(category, item)`.
-  """
-  first, second = [], []
-  for category in sorted(groups):
-    items = groups[category]
-    middle = len(items) // 2
-    first += [(category, item) for item in items[:middle][:max_images]]
-    second += [(category, item) for item in items[middle:][:max_images]]
-  return first, second
-
-
-class _PonderMapper:
-  """Image -> total ponder map of a run's model at a fixed input size."""
-
-  def __init__(self, model, preprocessing, width, height):
-    self.model = model
-    self.preprocessing = preprocessing
-    self.size = (width, height)
-    self.predict = inference.make_predict_fn(model, preprocessing)
-    self.count = 0
-    self.started = time.time()
-
-  def __call__(self, image):
-    result = inference.ponder_maps(self.model, resize_image(image, *self.size),
-                                   self.preprocessing, self.predict)
-    self.count += 1
-    if self.count % 100 == 0:
-      logging.info('Ponder maps of %d images (%.1f s).', self.count,
-                   time.time() - self.started)
-    return result.ponder_map.astype(np.float32)
-
-
-def _clutter_digits_triples(mapper, builder, max_images):
-  groups = {}
-  dataset = builder.as_dataset(split='test', shuffle_files=False)
-  for example in tfds.as_numpy(dataset):
-    groups.setdefault(str(int(example['label'])), []).append(
-        (example['image'], example['bbox']))
-  return [[(mapper(image), SparseFixations(digit_fixations(image, bbox)),
-            category) for category, (image, bbox) in half]
-          for half in _halves(groups, max_images)]
-
-
-def _prepare_cat2000(data_dir, manual_dir):
-  data_dir = data.datasets.default_data_dir(data_dir)
-  builder = cat2000_data.Cat2000(data_dir=data_dir)
-  if builder.is_prepared():
-    return builder
-  manual_dir = os.path.expanduser(
-      manual_dir or os.path.join(data_dir, 'downloads', 'manual'))
-  logging.info('Preparing cat2000 in %s from %s.', data_dir, manual_dir)
-  try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  except ValueError as e:  # A corrupt or wrong archive.
-    raise data.DatasetNotReadyError(f'Could not prepare cat2000 in '
-                                    f'{data_dir}: {e}') from e
-  return builder
-
-
-def _cat2000_triples(mapper, builder, max_images):
-  skip = {'image': tfds.decode.SkipDecoding(),
-          'fixation_map': tfds.decode.SkipDecoding()}
-  halves = []
-  for split in ('first_half', 'second_half'):
-    dataset = builder.as_dataset(split=split, shuffle_files=False,
-                                 decoders=skip)
-    names = {}
-    for category, name in tfds.as_numpy(
-        dataset.map(lambda e: (e['category'], e['file_name']))):
-      names.setdefault(category.decode(), []).append(name.decode())
-    chosen = {(category, name)
-              for category, items in names.items()
-              for name in sorted(items)[:max_images]}
-    found = {}
-    for example in tfds.as_numpy(dataset):
-      key = (example['category'].decode(), example['file_name'].decode())
-      if key not in chosen:
-        continue
-      image = tf.io.decode_image(example['image'], channels=3,
-                                 expand_animations=False).numpy()
-      fixations = tf.io.decode_png(example['fixation_map']).numpy()
-      found[key] = (mapper(image), SparseFixations(fixations), key[0])
-    halves.append([found[key] for key in sorted(found)])
-  return halves
-
-
-def _resolution_line(summary):
-  def side(value):
-    return f'longer side {value}' if value else 'the fixation map size'
-  return (f'Maps blurred and mixed at {side(summary.get("map_resolution"))}; '
-          f'parameters chosen against fixations pooled to '
-          f'{side(summary.get("tune_resolution"))}; test AUC-Judd at full '
-          f'fixation resolution.')
-
-
-def format_table(summary):
-  """The printed report of a `run` summary: Table 2 style."""
-  results = summary['results']
-  model = summary['model']['model_type'].upper()
-  width, height = summary['image_size']
-  lines = [
-      f'Saliency on {summary["dataset"]}: AUC-Judd on the second half '
-      f'({summary["num_test"]} images, {len(summary["categories"])} '
-      f'categories), parameters tuned on the first half '
-      f'({summary["num_tune"]} images).',
-      f'Model {summary["checkpoint"]} ({summary["model"]["model_type"]}, '
-      f'{summary["model"]["family"]} units '
-      f'{",".join(map(str, summary["model"]["units"]))}), images resized to '
-      f'{width}x{height}; saliency = {summary["saliency_map"]}.',
-      _resolution_line(summary),
-      '',
-      f'{"Method":<28}{"AUC-Judd":>9}  Parameters']
-
-  def number(value):
-    return '    n/a' if value is None or np.isnan(value) else f'{value:7.3f}'
-
-  for key, label in ROWS:
-    params = ', '.join(f'{k}={v:g}' for k, v in
-                       sorted(results[key]['params'].items()))
-    lines.append(f'{label.format(model=model):<28}'
-                 f'{number(results[key]["auc"]):>9}  {params}')
-  labels = ['Centre', model, f'{model}+centre']
-  name_width = max([len('Category')] +
-                   [len(c) for c in summary['categories']]) + 2
-  lines += ['', 'AUC-Judd per category:',
-            f'{"Category":<{name_width}}' +
-            ''.join(f'{label:>14}' for label in labels)]
-  for category in summary['categories']:
-    lines.append(f'{category:<{name_width}}' + ''.join(
-        f'{number(results[key]["per_category"][category]):>14}'
-        for key, _ in ROWS))
-  return '\n'.join(lines)
-
-
-def run(fv):
-  """Evaluates a run's ponder maps as saliency; returns the summary dict.
+  Returns the summary that `sact_tf.saliency.evaluate_run` wrote.
 
   Raises:
-    app.UsageError: bad flags, or the run is not an ACT/SACT model.
-    FileNotFoundError, data.DatasetNotReadyError: no run or no dataset, with
-      what to do.
+    app.UsageError: no --model_dir, or the run cannot give ponder maps.
   """
-  if not fv.model_dir:
+  common.parse(FLAGS, argv)
+  if not FLAGS.model_dir:
     raise app.UsageError('--model_dir is required: the directory of an '
                          'ACT/SACT training run.')
-  config = config_lib.load(fv.model_dir)
-  if config is None:
-    raise FileNotFoundError(
-        f'No {config_lib.CONFIG_FILENAME} in {fv.model_dir}: point '
-        '--model_dir at the directory of an ACT/SACT training run '
-        '(experiments.imagenet / cifar10) or of '
-        'experiments.import_checkpoint.')
-  if config.model_type == 'resnet':
-    raise app.UsageError(
-        f'{fv.model_dir} holds a plain ResNet, which has no ponder maps: '
-        'saliency needs an ACT or SACT run (--model_type=act or sact).')
-  checkpointing.resolve(fv.checkpoint or fv.model_dir)  # Fail early.
-  if fv.image_size is not None:
-    width, height = parse_image_size(fv.image_size)
-  elif fv.dataset == 'cat2000':
-    width, height = DEFAULT_CAT2000_SIZE
-  else:
-    width = height = config.image_size
-  max_images = fv.max_images_per_category
-  if max_images is None:
-    max_images = DEFAULT_MAX_IMAGES[fv.dataset]
-  max_images = max_images or None  # 0: all.
-  # The data first: a missing dataset is reported before the model loads.
-  if fv.dataset == 'cat2000':
-    builder = _prepare_cat2000(fv.data_dir, fv.manual_dir)
-  else:
-    builder = data.prepare('clutter_digits', fv.data_dir, download=False)
+  image_size = (None if FLAGS.image_size is None
+                else saliency.parse_image_size(FLAGS.image_size))
   try:
-    config, model, prefix = checkpointing.load_run(fv.model_dir,
-                                                   checkpoint=fv.checkpoint)
-  except ValueError as e:
+    summary, output = saliency.evaluate_run(
+        FLAGS.model_dir, FLAGS.dataset, checkpoint=FLAGS.checkpoint,
+        data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
+        image_size=image_size, output=FLAGS.output,
+        map_resolution=FLAGS.map_resolution,
+        tune_resolution=FLAGS.tune_resolution,
+        max_images_per_category=FLAGS.max_images_per_category)
+  except saliency.UnusableRunError as e:
     raise app.UsageError(str(e)) from e
-  mapper = _PonderMapper(model, config.preprocessing, width, height)
-  started = time.time()
-  if fv.dataset == 'cat2000':
-    tune, test = _cat2000_triples(mapper, builder, max_images)
-  else:
-    tune, test = _clutter_digits_triples(mapper, builder, max_images)
-  inference_seconds = time.time() - started
-  logging.info('Ponder maps of %d images in %.1f s; tuning and scoring.',
-               len(tune) + len(test), inference_seconds)
-  results = saliency.evaluate_protocol(
-      tune, test, map_resolution=fv.map_resolution or None,
-      tune_resolution=fv.tune_resolution or None)
-  summary = dict(
-      dataset=fv.dataset, model_dir=fv.model_dir, checkpoint=prefix,
-      model=config.model_fields(), preprocessing=config.preprocessing,
-      image_size=[width, height], saliency_map=SALIENCY_MAP,
-      fixations=('digit pixels (brightest channel >= '
-                 f'{DIGIT_THRESHOLD} inside the digit box)'
-                 if fv.dataset == 'clutter_digits' else 'fixLocs'),
-      max_images_per_category=max_images or 0,
-      map_resolution=fv.map_resolution, tune_resolution=fv.tune_resolution,
-      num_tune=len(tune), num_test=len(test),
-      categories=sorted({c for _, _, c in test}),
-      grids=dict(blur=list(saliency.BLUR_GRID),
-                 center_sigma=list(saliency.CENTER_SIGMA_GRID),
-                 center_weight=list(saliency.CENTER_WEIGHT_GRID)),
-      results=results,
-      seconds=dict(ponder_maps=inference_seconds,
-                   protocol=time.time() - started - inference_seconds))
-  summary = evaluation.nan_to_none(summary)
-  output = fv.output or os.path.join(fv.model_dir,
-                                     f'saliency_{fv.dataset}.json')
-  config_lib.write_json(output, summary)
-  print(format_table(summary), flush=True)
+  print(saliency.format_table(summary), flush=True)
   print(f'Results: {output}', flush=True)
   return summary
-
-
-def main(argv):
-  """Runs the evaluation; `argv` may carry flags (tests pass a command line)."""
-  common.parse(FLAGS, argv)
-  return run(FLAGS)
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ from scipy import io as scipy_io
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sact_tf import data
 from sact_tf.data import cat2000
 
 CATEGORIES = ('Action', 'Sketch')
@@ -84,3 +85,34 @@ def test_corrupt_zip_is_reported(tmp_path):
     f.write(b'not a zip')
   with pytest.raises(ValueError, match='not a valid zip'):
     build(manual, os.path.join(tmp_path, 'data'))
+
+
+def test_prepare_builds_once_and_examples_read_the_first_files(tmp_path):
+  manual = os.path.join(tmp_path, 'manual')
+  data_dir = os.path.join(tmp_path, 'data')
+  expected = write_fake_train_set(manual)
+  builder = cat2000.prepare(data_dir, manual)
+  assert builder.is_prepared()
+  # Prepared: the manual folder is no longer read.
+  assert cat2000.prepare(data_dir, os.path.join(tmp_path, 'nowhere'))
+  read = list(cat2000.examples(builder, 'second_half', max_per_category=1))
+  assert sorted((c, n) for c, n, _, _ in read) == [
+      (c, '003.jpg') for c in CATEGORIES]
+  for category, name, image, fixation_map in read:
+    assert image.shape == (18, 32, 3) and image.dtype == np.uint8
+    assert fixation_map.shape == (18, 32, 1)
+    np.testing.assert_array_equal(fixation_map[..., 0] > 0,
+                                  expected[f'{category}/{name[:-4]}'])
+  everything = list(cat2000.examples(builder, 'first_half'))
+  assert len(everything) == len(CATEGORIES) * IMAGES_PER_CATEGORY // 2
+  with pytest.raises(ValueError, match='second_half'):
+    cat2000.examples(builder, 'train')
+
+
+def test_prepare_reports_a_corrupt_archive_as_not_ready(tmp_path):
+  manual = os.path.join(tmp_path, 'manual')
+  os.makedirs(manual)
+  with open(os.path.join(manual, 'trainSet.zip'), 'wb') as f:
+    f.write(b'not a zip')
+  with pytest.raises(data.DatasetNotReadyError, match='not a valid zip'):
+    cat2000.prepare(os.path.join(tmp_path, 'data'), manual)

@@ -73,12 +73,12 @@ def _check_table(out):
 
 
 def test_parse_image_size():
-  assert cat2000.parse_image_size('320x180') == (320, 180)
-  assert cat2000.parse_image_size('640X360') == (640, 360)
-  assert cat2000.parse_image_size('64') == (64, 64)
+  assert saliency.parse_image_size('320x180') == (320, 180)
+  assert saliency.parse_image_size('640X360') == (640, 360)
+  assert saliency.parse_image_size('64') == (64, 64)
   for bad in ('320by180', '0x180', '320x', '-3x4', ''):
     with pytest.raises(ValueError, match='WIDTHxHEIGHT'):
-      cat2000.parse_image_size(bad)
+      saliency.parse_image_size(bad)
 
 
 def test_bad_image_size_is_a_flag_error(sact_run):
@@ -89,7 +89,7 @@ def test_bad_image_size_is_a_flag_error(sact_run):
 
 def test_sparse_fixations_round_trip():
   dense = np.random.default_rng(0).uniform(size=(9, 16, 1)) > 0.8
-  sparse = cat2000.SparseFixations(dense * 255)
+  sparse = saliency.SparseFixations(dense * 255)
   assert sparse.shape == (9, 16) and sparse.num_fixations == dense.sum()
   np.testing.assert_array_equal(np.asarray(sparse, np.float64),
                                 dense[..., 0].astype(np.float64))
@@ -101,7 +101,7 @@ def test_digit_fixations_are_the_digit_strokes():
   digit[6:18, 8:16] = 1.0
   image, bbox = clutter_digits.render(
       digit, np.ones((3, 24, 24), np.float32), rng)
-  fixations = cat2000.digit_fixations(image, bbox)
+  fixations = saliency.digit_fixations(image, bbox)
   assert fixations.sum() == 12 * 8
   ymin, xmin, ymax, xmax = (bbox * 64).round().astype(int)
   assert fixations[ymin:ymax, xmin:xmax].all()
@@ -145,6 +145,14 @@ def test_plain_resnet_run_is_refused(tmp_path):
   run = _make_run(tmp_path, 'resnet')
   with pytest.raises(app.UsageError, match='plain ResNet'):
     cat2000.main(['cat2000', f'--model_dir={run}'])
+
+
+def test_evaluate_run_refuses_runs_without_ponder_maps(tmp_path):
+  with pytest.raises(FileNotFoundError, match='config.json'):
+    saliency.evaluate_run(str(tmp_path / 'empty'))
+  run = _make_run(tmp_path / 'resnet', 'resnet')
+  with pytest.raises(saliency.UnusableRunError, match='plain ResNet'):
+    saliency.evaluate_run(run, 'clutter_digits')
 
 
 def test_missing_cat2000_says_what_to_do(tmp_path, sact_run):

@@ -4,6 +4,9 @@ import pytest
 
 from benchmarks import saliency_speed
 from sact_tf import saliency
+from sact_tf.data import cat2000 as cat2000_data
+from sact_tf.saliency import metrics
+from tests import test_data_cat2000
 
 
 def test_perfect_map_scores_near_one_and_inverted_near_zero():
@@ -180,7 +183,7 @@ def test_count_at_or_above_is_exact_with_ties_and_bucket_edges():
     thresholds = np.sort(values[rng.integers(0, values.size, 300)])
     expected = (values[None, :] >= thresholds[:, None]).sum(axis=1)
     np.testing.assert_array_equal(
-        saliency._count_at_or_above(values, thresholds), expected)
+        metrics._count_at_or_above(values, thresholds), expected)
 
 
 def test_sparse_fixation_maps_are_checked():
@@ -205,7 +208,7 @@ def test_working_shape_and_pooled_fixations():
   assert saliency.working_shape((1080, 1920), None) == (1080, 1920)
   rng = np.random.default_rng(3)
   fixations = rng.uniform(size=(90, 160)) > 0.995
-  pooled = saliency._Fixations.of(fixations).pooled(40)
+  pooled = metrics._Fixations.of(fixations).pooled(40)
   assert pooled.shape == (22, 40)  # 22.5 rounds to even
   dense = np.zeros(pooled.shape, bool)
   dense.flat[pooled.indices] = True
@@ -303,3 +306,76 @@ def test_protocol_reports_exact_scores_of_its_working_maps():
       assert results[name]['per_category'][category] == pytest.approx(
           np.mean([e for e, (_, _, c) in zip(expected, test)
                    if c == category]), abs=1e-6)
+
+
+def test_split_halves_cuts_each_category_in_order():
+  groups = {'b': [1, 2, 3, 4, 5], 'a': ['x', 'y']}
+  assert saliency.split_halves(groups) == (
+      [('a', 'x'), ('b', 1), ('b', 2)],
+      [('a', 'y'), ('b', 3), ('b', 4), ('b', 5)])
+  assert saliency.split_halves(groups, max_per_category=1) == (
+      [('a', 'x'), ('b', 1)], [('a', 'y'), ('b', 3)])
+
+
+def test_read_cat2000_gives_sorted_halves_of_sparse_maps(tmp_path):
+  expected = test_data_cat2000.write_fake_train_set(str(tmp_path / 'manual'))
+  builder = cat2000_data.prepare(str(tmp_path / 'data'),
+                                 str(tmp_path / 'manual'))
+  seen = []
+
+  def ponder_map(image):
+    seen.append(image.shape)
+    return np.full((2, 3), float(len(seen)))
+
+  tune, test = saliency.read_cat2000(builder, ponder_map, max_per_category=1)
+  assert len(seen) == 4 and set(seen) == {(18, 32, 3)}
+  assert [c for _, _, c in tune] == [c for _, _, c in test] == list(
+      test_data_cat2000.CATEGORIES)
+  for (ponder, fixations, category), name in zip(
+      tune + test, ['001', '001', '003', '003']):
+    assert ponder.shape == (2, 3)
+    assert isinstance(fixations, saliency.SparseFixations)
+    np.testing.assert_array_equal(np.asarray(fixations, bool),
+                                  expected[f'{category}/{name}'])
+
+
+def _summary(ponder_auc):
+  per_category = {'Action': 0.75, 'Sketch': None}
+  results = {name: dict(auc=auc, per_category=per_category, params=params)
+             for name, auc, params in (
+                 ('center_baseline', 0.8, dict(center_sigma=0.25)),
+                 ('ponder', ponder_auc, dict(blur=0.02)),
+                 ('ponder_center', 0.85, dict(blur=0.04, center_weight=0.5,
+                                              center_sigma=0.25)))}
+  return dict(dataset='cat2000', num_test=4, num_tune=4,
+              categories=['Action', 'Sketch'], checkpoint='run/ckpt-1',
+              model=dict(model_type='sact', family='imagenet',
+                         units=[1, 1, 1, 1]),
+              image_size=[64, 36], saliency_map='total ponder map',
+              map_resolution=16, tune_resolution=0, results=results)
+
+
+def test_format_table_lists_rows_parameters_and_categories():
+  lines = saliency.format_table(_summary(0.7)).splitlines()
+  assert lines[0] == ('Saliency on cat2000: AUC-Judd on the second half (4 '
+                      'images, 2 categories), parameters tuned on the first '
+                      'half (4 images).')
+  assert 'images resized to 64x36' in lines[1]
+  assert lines[2].startswith('Maps blurred and mixed at longer side 16; '
+                             'parameters chosen against fixations pooled to '
+                             'the fixation map size;')
+  assert lines[5].split() == ['Centre', 'baseline', '0.800',
+                              'center_sigma=0.25']
+  assert lines[6].split() == ['SACT', 'ponder', 'map', '0.700', 'blur=0.02']
+  assert lines[7].split() == ['SACT', '+', 'centre', 'baseline', '0.850',
+                              'blur=0.04,', 'center_sigma=0.25,',
+                              'center_weight=0.5']
+  assert lines[-2].split() == ['Action', '0.750', '0.750', '0.750']
+  assert lines[-1].split() == ['Sketch', 'n/a', 'n/a', 'n/a']
+  nan_row = saliency.format_table(_summary(float('nan'))).splitlines()[6]
+  assert nan_row.split() == ['SACT', 'ponder', 'map', 'n/a', 'blur=0.02']
+
+
+def test_evaluate_run_rejects_an_unknown_dataset(tmp_path):
+  with pytest.raises(ValueError, match='clutter_digits'):
+    saliency.evaluate_run(str(tmp_path), 'mit1003')

@@ -11,19 +11,27 @@ unpacks to:
 
 The paper tunes on the first half of each category's images and reports on
 the second half, so the splits are `first_half` and `second_half`.
+
+`prepare` returns the builder with its data on disk (built from the manual
+download when needed); `examples` reads a split's images and fixation maps.
 """
 
 import os
 import zipfile
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sact_tf.data import datasets
+
+SPLITS = ('first_half', 'second_half')
 _URL = 'http://saliency.mit.edu/datasets.html'
 
 
 def missing_archive_message(manual_dir):
+  """What to do when the training archive is not in `manual_dir`."""
   return (
       f'CAT2000 is not in the manual download folder {manual_dir}. Download '
       f'the CAT2000 training set "trainSet.zip" from {_URL} and put the zip '
@@ -98,10 +106,8 @@ class Cat2000(tfds.core.GeneratorBasedBuilder):
           getattr(dl_manager, '_manual_dir', None) or
           'the manual download folder')) from None
     root = _find_root(manual_dir, lambda path: str(dl_manager.extract(path)))
-    return {
-        'first_half': self._generate_examples(root, 0),
-        'second_half': self._generate_examples(root, 1),
-    }
+    return {split: self._generate_examples(root, half)
+            for half, split in enumerate(SPLITS)}
 
   def _generate_examples(self, root, half):
     stimuli = os.path.join(root, 'Stimuli')
@@ -129,3 +135,86 @@ class Cat2000(tfds.core.GeneratorBasedBuilder):
             'category': category,
             'file_name': name,
         }
+
+
+def prepare(data_dir=None, manual_dir=None):
+  """The `Cat2000` builder with its data on disk, preparing it when needed.
+
+  Args:
+    data_dir: TFDS data directory (None: $TFDS_DATA_DIR or
+      ~/tensorflow_datasets).
+    manual_dir: folder holding trainSet.zip or the extracted trainSet/
+      (None: <data_dir>/downloads/manual); read only when the data set is
+      not prepared yet.
+
+  Returns:
+    The prepared builder.
+
+  Raises:
+    FileNotFoundError: the archive is not in `manual_dir` (the message says
+      where to download it and where to put it).
+    datasets.DatasetNotReadyError: the archive is corrupt or is not the
+      CAT2000 training set.
+  """
+  data_dir = datasets.default_data_dir(data_dir)
+  builder = Cat2000(data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  manual_dir = os.path.expanduser(
+      manual_dir or os.path.join(data_dir, 'downloads', 'manual'))
+  logging.info('Preparing cat2000 in %s from %s.', data_dir, manual_dir)
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except ValueError as e:  # A corrupt or wrong archive.
+    raise datasets.DatasetNotReadyError(f'Could not prepare cat2000 in '
+                                        f'{data_dir}: {e}') from e
+  return builder
+
+
+def examples(builder, split, max_per_category=None):
+  """The decoded images and fixation maps of a split, as an iterator.
+
+  Only the first `max_per_category` file names of each category (in file
+  name order) are decoded; the others are skipped undecoded.
+
+  Args:
+    builder: a prepared `Cat2000` builder (see `prepare`).
+    split: 'first_half' or 'second_half'.
+    max_per_category: images per category to read (None: all of them).
+
+  Returns:
+    An iterator of `(category, file_name, image, fixation_map)` in the data
+    set's stored order: the image uint8 `[H, W, 3]`, the fixation map uint8
+    `[H, W, 1]` (255 at the fixated pixels, 0 elsewhere).
+
+  Raises:
+    ValueError: an unknown split.
+  """
+  if split not in SPLITS:
+    raise ValueError(f'Unknown cat2000 split {split!r}: the splits are '
+                     f'{", ".join(SPLITS)}.')
+  return _examples(builder, split, max_per_category)
+
+
+def _examples(builder, split, max_per_category):
+  """The generator of `examples`."""
+  skip = {'image': tfds.decode.SkipDecoding(),
+          'fixation_map': tfds.decode.SkipDecoding()}
+  dataset = builder.as_dataset(split=split, shuffle_files=False,
+                               decoders=skip)
+  names = {}
+  for category, name in tfds.as_numpy(
+      dataset.map(lambda e: (e['category'], e['file_name']))):
+    names.setdefault(category.decode(), []).append(name.decode())
+  chosen = {(category, name)
+            for category, items in names.items()
+            for name in sorted(items)[:max_per_category]}
+  for example in tfds.as_numpy(dataset):
+    key = (example['category'].decode(), example['file_name'].decode())
+    if key not in chosen:
+      continue
+    image = tf.io.decode_image(example['image'], channels=3,
+                               expand_animations=False).numpy()
+    fixation_map = tf.io.decode_png(example['fixation_map']).numpy()
+    yield key + (image, fixation_map)

@@ -159,8 +159,8 @@ class _Fixations:
     """From a dense map (nonzero = fixated) or a sparse one.
 
     A sparse map is any non-array object with a 2-D `shape` and the flat
-    `indices` of its fixated pixels (e.g. `experiments.cat2000`'s
-    `SparseFixations`): it is used without building the dense map.
+    `indices` of its fixated pixels (e.g. `sact_tf.saliency.SparseFixations`):
+    it is used without building the dense map.
     """
     if isinstance(fixation_map, cls):
       return fixation_map
@@ -371,7 +371,6 @@ def ponder_saliency(ponder_map, shape, blur_sigma, center_weight,
 BLUR_GRID = (0.0, 0.01, 0.02, 0.04, 0.08)
 CENTER_SIGMA_GRID = (0.15, 0.2, 0.25, 0.3, 0.4)
 CENTER_WEIGHT_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8)
-
 
 
 def _has_fixations(fixations):
