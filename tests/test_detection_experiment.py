@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from tensorboard.backend.event_processing import event_accumulator
 
 from experiments import coco
+import helpers
 from sact_tf.detection import clutter_detection
 from sact_tf.detection import coco_eval
 from sact_tf.detection import data
@@ -57,24 +58,7 @@ def _coco_as_dataset(self, split, decoders=None, read_config=None,
           },
       }
 
-  image_spec = (tf.TensorSpec([], tf.string) if skip_image
-                else tf.TensorSpec([None, None, 3], tf.uint8))
-  signature = {
-      'image': image_spec,
-      'image/filename': tf.TensorSpec([], tf.string),
-      'image/id': tf.TensorSpec([], tf.int64),
-      'objects': {
-          'id': tf.TensorSpec([None], tf.int64),
-          'area': tf.TensorSpec([None], tf.int64),
-          'bbox': tf.TensorSpec([None, 4], tf.float32),
-          'label': tf.TensorSpec([None], tf.int64),
-          'is_crowd': tf.TensorSpec([None], tf.bool),
-      },
-  }
-  dataset = tf.data.Dataset.from_generator(generate,
-                                           output_signature=signature)
-  return dataset.apply(tf.data.experimental.assert_cardinality(
-      len(_COCO_OBJECTS)))
+  return helpers.coco_dataset(generate, len(_COCO_OBJECTS), skip_image)
 
 
 def _tensors(log_dir, tag):

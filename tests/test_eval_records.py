@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from experiments import cifar10
 from experiments import common
 from experiments import plot_flops
+import helpers
 from sact_tf import train
 from sact_tf.detection import config as detection_config
 from sact_tf.detection import evaluation as detection_evaluation
@@ -32,14 +33,11 @@ def _mock_data():
 
 
 def _config(model_dir, **overrides):
-  values = dict(
-      family='cifar', units=[1, 1, 1], model_type='resnet', num_classes=10,
-      base_channels=2, tau=0.01, dataset='cifar10', data_dir='/nonexistent',
-      preprocessing='cifar', image_size=32, eval_image_sizes=[32],
-      batch_size=4, eval_batch_size=4, train_steps=2, learning_rate=0.05,
-      model_dir=str(model_dir), checkpoint_every=1, summary_every=1)
+  values = dict(units=[1, 1, 1], model_type='resnet', eval_batch_size=4,
+                train_steps=2, lr_boundaries=[], label_smoothing=0.1,
+                weight_decay=5e-5, checkpoint_every=1, summary_every=1)
   values.update(overrides)
-  return train.ExperimentConfig(**values)
+  return helpers.tiny_config(model_dir, **values)
 
 
 @pytest.fixture(scope='module', name='trained')
@@ -161,7 +159,7 @@ def test_a_newer_checkpoint_keeps_the_old_record(run, tmp_path, caplog):
   before = open(first['path'], 'rb').read()
   _restore_checkpoint(run.model_dir, hidden)
 
-  caplog.set_level('INFO')
+  caplog.set_level('INFO', logger='absl')
   second = train.evaluate(run)
   assert second['path'] == first['path']
   assert _read(second['path'])['step'] == 2
@@ -251,23 +249,7 @@ def _coco_as_dataset(self, split, decoders=None, read_config=None,
           },
       }
 
-  image_spec = (tf.TensorSpec([], tf.string) if skip_image
-                else tf.TensorSpec([None, None, 3], tf.uint8))
-  signature = {
-      'image': image_spec,
-      'image/filename': tf.TensorSpec([], tf.string),
-      'image/id': tf.TensorSpec([], tf.int64),
-      'objects': {
-          'id': tf.TensorSpec([None], tf.int64),
-          'area': tf.TensorSpec([None], tf.int64),
-          'bbox': tf.TensorSpec([None, 4], tf.float32),
-          'label': tf.TensorSpec([None], tf.int64),
-          'is_crowd': tf.TensorSpec([None], tf.bool),
-      },
-  }
-  dataset = tf.data.Dataset.from_generator(generate,
-                                           output_signature=signature)
-  return dataset.apply(tf.data.experimental.assert_cardinality(3))
+  return helpers.coco_dataset(generate, 3, skip_image)
 
 
 def _detection_files(model_dir):

@@ -2,6 +2,7 @@
 remedy, no traceback; bugs keep their traceback."""
 
 import errno
+import logging
 import os
 import subprocess
 import sys
@@ -140,9 +141,13 @@ def test_a_missing_flag_is_one_short_message():
 
 
 def test_verbosity_shows_the_traceback(caplog):
+  # Parsing the global flags sets absl's log level: put it back after.
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
   flags.FLAGS(['binary', '--verbosity=1'])
   try:
     _exit_message(ValueError('bad value'))
   finally:
     flags.FLAGS.unparse_flags()
+    absl_logger.setLevel(level)
   assert 'The error in full' in caplog.text

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import helpers
 from sact_tf import train
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
@@ -20,16 +21,11 @@ from sact_tf.train import rundir
 
 
 def _config(model_dir, **overrides):
-  values = dict(
-      family='cifar', units=[1, 1, 1], model_type='resnet', num_classes=10,
-      base_channels=2, tau=0.01, dataset='cifar10', data_dir='/nonexistent',
-      preprocessing='cifar', image_size=32, eval_image_sizes=[32],
-      batch_size=4, eval_batch_size=3, train_steps=3, learning_rate=0.05,
-      lr_boundaries=[2], label_smoothing=0.0, weight_decay=1e-4,
-      model_dir=str(model_dir), checkpoint_every=1, summary_every=1,
-      keep_checkpoints=5)
+  values = dict(units=[1, 1, 1], model_type='resnet', train_steps=3,
+                lr_boundaries=[2], checkpoint_every=1, summary_every=1,
+                keep_checkpoints=5)
   values.update(overrides)
-  return train.ExperimentConfig(**values)
+  return helpers.tiny_config(model_dir, **values)
 
 
 @pytest.fixture(autouse=True, name='mock_data')
@@ -67,7 +63,7 @@ def _truncate(path):
 
 def test_missing_index_resumes_from_the_newest_intact_checkpoint(run, caplog):
   (run / 'ckpt-3.index').unlink()
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger='absl'):
     result = train.train(_config(run))
   # Resumed at step 2 (not 0): the older checkpoints are all still there.
   assert result.step == 3
@@ -85,7 +81,7 @@ def test_missing_index_resumes_from_the_newest_intact_checkpoint(run, caplog):
 def test_garbage_state_file_is_ignored(run, caplog):
   (run / 'checkpoint').write_text('this is not a checkpoint state\n')
   assert checkpointing.resolve(str(run)) == str(run / 'ckpt-3')
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger='absl'):
     result = train.train(_config(run))
   # Found ckpt-3 by its files: nothing left to train, nothing deleted.
   assert result.step == 3 and 'Already trained' in caplog.text
@@ -175,7 +171,7 @@ def test_changed_settings_are_refused_or_recorded(run):
 def test_a_rising_learning_rate_is_logged(caplog):
   saved = _config('/x', train_steps=10, lr_boundaries=[5])
   longer = _config('/x', train_steps=20, lr_boundaries=[15])
-  with caplog.at_level(logging.WARNING):
+  with caplog.at_level(logging.WARNING, logger='absl'):
     config_lib.resume_config(longer, saved, step=10, allow_changed=True)
   assert 'learning rate at step 10 goes up from 0.005' in caplog.text
 
@@ -199,7 +195,7 @@ def test_stale_locks_are_taken_over(tmp_path, caplog):
   lock_path.write_text(json.dumps(dict(
       host=socket.gethostname(), pid=gone.pid, started='earlier',
       heartbeat_unix=time.time())))
-  with caplog.at_level(logging.WARNING):
+  with caplog.at_level(logging.WARNING, logger='absl'):
     with rundir.RunLock(str(tmp_path)):
       held = json.loads(lock_path.read_text())
   assert held['pid'] == os.getpid()

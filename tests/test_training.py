@@ -11,22 +11,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorboard.backend.event_processing import event_accumulator
 
+import helpers
 from sact_tf import train
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
 from sact_tf.train import steps as steps_lib
 
 
-def _config(model_dir, **overrides):
-  values = dict(
-      family='cifar', units=[1, 2, 1], model_type='sact', num_classes=10,
-      base_channels=2, tau=0.01, dataset='cifar10', data_dir='/nonexistent',
-      preprocessing='cifar', image_size=32, eval_image_sizes=[32],
-      batch_size=4, eval_batch_size=3, train_steps=4, learning_rate=0.05,
-      lr_boundaries=[3], label_smoothing=0.0, weight_decay=1e-4,
-      model_dir=str(model_dir), checkpoint_every=2, summary_every=2)
-  values.update(overrides)
-  return train.ExperimentConfig(**values)
+_config = helpers.tiny_config
 
 
 @pytest.fixture(autouse=True, name='mock_data')

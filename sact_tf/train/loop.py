@@ -206,12 +206,11 @@ def train(config, strategy=None, *, allow_changed=False,
   strategy = strategy or tf.distribute.get_strategy()
   spec = datasets.get_spec(config.dataset)
   builder = datasets.prepare(config.dataset, config.data_dir, config.download)
-  with steps.open_run(config, strategy, load=config_lib.load,
-                      check_same_model=config_lib.check_same_model,
-                      save=config_lib.save, allow_changed=allow_changed,
-                      restart_from_scratch=restart_from_scratch) as (
-                          config, resume, lock):
-    return _train(config, strategy, spec, builder, resume, lock, started)
+  return steps.train_in_run(
+      config, strategy, config_lib,
+      lambda config, resume, lock: _train(config, strategy, spec, builder,
+                                          resume, lock, started),
+      allow_changed=allow_changed, restart_from_scratch=restart_from_scratch)
 
 
 def _train(config, strategy, spec, builder, resume, lock, started):

@@ -53,8 +53,8 @@ def make_optimizer(model, learning_rate, momentum):
 
 
 @contextlib.contextmanager
-def open_run(config, strategy, *, load, check_same_model, save,
-             allow_changed=False, restart_from_scratch=False):
+def open_run(config, strategy, config_module, *, allow_changed=False,
+             restart_from_scratch=False):
   """Takes `config.model_dir` for training; yields `(config, resume, lock)`.
 
   On the chief: takes the directory's training lock (held until the `with`
@@ -68,7 +68,8 @@ def open_run(config, strategy, *, load, check_same_model, save,
   Args:
     config: the run's config (`ExperimentConfig` or `DetectionConfig`).
     strategy: the `tf.distribute` strategy.
-    load, check_same_model, save: the config module's functions.
+    config_module: the config's module (`sact_tf.train.config`,
+      `sact_tf.detection.config`): its `load`, `check_same_model`, `save`.
     allow_changed: resume with changed training settings.
     restart_from_scratch: start from step 0 even if the directory holds a
       run; its checkpoints and config are moved into `replaced-<time>/`.
@@ -82,8 +83,9 @@ def open_run(config, strategy, *, load, check_same_model, save,
   os.makedirs(config.model_dir, exist_ok=True)
   lock = rundir.RunLock(config.model_dir) if chief else rundir.NoLock()
   with lock:
-    saved = None if restart_from_scratch else load(config.model_dir)
-    check_same_model(config, saved, config.model_dir)
+    saved = (None if restart_from_scratch
+             else config_module.load(config.model_dir))
+    config_module.check_same_model(config, saved, config.model_dir)
     if chief:
       resume = rundir.prepare_resume(config.model_dir, restart_from_scratch)
     else:
@@ -93,8 +95,17 @@ def open_run(config, strategy, *, load, check_same_model, save,
     config = config_lib.resume_config(config, saved, resume.step,
                                       allow_changed)
     if chief:
-      save(config)
+      config_module.save(config)
     yield config, resume, lock
+
+
+def train_in_run(config, strategy, config_module, body, *,
+                 allow_changed=False, restart_from_scratch=False):
+  """`body(config, resume, lock)` inside `open_run`; returns its result."""
+  with open_run(config, strategy, config_module, allow_changed=allow_changed,
+                restart_from_scratch=restart_from_scratch) as (
+                    config, resume, lock):
+    return body(config, resume, lock)
 
 
 def restore_or_initialise(model, optimizer, step, config, strategy,
