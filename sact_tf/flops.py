@@ -67,6 +67,48 @@ def _same_size(size, stride):
   return -(-size // stride)
 
 
+def imagenet_stem_flops(height, width):
+  """FLOPs of the ImageNet stem (7x7 stride-2 conv, 64 channels) on a
+  `height` x `width` image; the same for every model type and width."""
+  return conv_flops(_same_size(height, 2) * _same_size(width, 2), 7, 3,
+                    architectures.IMAGENET_STEM_CHANNELS)
+
+
+def imagenet_feature_flops(units, height, width, base_channels=64,
+                           num_blocks=4):
+  """FLOPs per image of a plain ImageNet ResNet's stem and first
+  `num_blocks` blocks (no classifier), without building it.
+
+  Args:
+    units: the number of units per block, a list of four ints.
+    height, width: input image size.
+    base_channels: bottleneck width of block 1.
+    num_blocks: how many blocks to count (the detector's feature extractor
+      is the stem and blocks 1-3).
+
+  Returns:
+    (FLOPs, channels of the last block counted) as Python ints.
+  """
+  units = architectures.imagenet_units(units=units)
+  total = imagenet_stem_flops(height, width)
+  h, w = _same_size(_same_size(height, 2), 2), _same_size(
+      _same_size(width, 2), 2)
+  channels = architectures.IMAGENET_STEM_CHANNELS
+  for block, num_units in enumerate(units[:num_blocks]):
+    depth_out, bottleneck, stride = architectures.imagenet_block(
+        block, base_channels)
+    for unit in range(num_units):
+      unit_stride = stride if unit == 0 else 1
+      out_h, out_w = _same_size(h, unit_stride), _same_size(w, unit_stride)
+      total += conv_flops(h * w, 1, channels, bottleneck)
+      total += conv_flops(out_h * out_w, 3, bottleneck, bottleneck)
+      total += conv_flops(out_h * out_w, 1, bottleneck, depth_out)
+      if channels != depth_out:
+        total += conv_flops(out_h * out_w, 1, channels, depth_out)
+      h, w, channels = out_h, out_w, depth_out
+  return total, channels
+
+
 def imagenet_resnet_flops(depth=None, units=None, height=224, width=224,
                           num_classes=1001, base_channels=64):
   """FLOPs per image of a plain ImageNet ResNet (no halting), without building it.
@@ -82,22 +124,8 @@ def imagenet_resnet_flops(depth=None, units=None, height=224, width=224,
     The FLOPs as a Python int (e.g. 15,602,814,976 for ResNet-101 at 224x224).
   """
   units = architectures.imagenet_units(depth, units)
-  h, w = _same_size(height, 2), _same_size(width, 2)
-  total = conv_flops(h * w, 7, 3, architectures.IMAGENET_STEM_CHANNELS)
-  h, w = _same_size(h, 2), _same_size(w, 2)
-  channels = architectures.IMAGENET_STEM_CHANNELS
-  for block, num_units in enumerate(units):
-    depth_out, bottleneck, stride = architectures.imagenet_block(
-        block, base_channels)
-    for unit in range(num_units):
-      unit_stride = stride if unit == 0 else 1
-      out_h, out_w = _same_size(h, unit_stride), _same_size(w, unit_stride)
-      total += conv_flops(h * w, 1, channels, bottleneck)
-      total += conv_flops(out_h * out_w, 3, bottleneck, bottleneck)
-      total += conv_flops(out_h * out_w, 1, bottleneck, depth_out)
-      if channels != depth_out:
-        total += conv_flops(out_h * out_w, 1, channels, depth_out)
-      h, w, channels = out_h, out_w, depth_out
+  total, channels = imagenet_feature_flops(units, height, width,
+                                           base_channels)
   return total + conv_flops(1, 1, channels, num_classes)
 
 

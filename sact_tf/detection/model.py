@@ -61,9 +61,7 @@ def stem_flops(height, width):
 
   The same for every model type and width: SACT never skips it.
   """
-  return flops_lib.conv_flops(
-      common.same_size(height, 2) * common.same_size(width, 2), 7, 3,
-      architectures.IMAGENET_STEM_CHANNELS)
+  return flops_lib.imagenet_stem_flops(height, width)
 
 
 def feature_extractor_flops(units, height, width, base_channels=64):
@@ -80,25 +78,8 @@ def feature_extractor_flops(units, height, width, base_channels=64):
   Returns:
     Python int.
   """
-  units = architectures.imagenet_units(units=units)
-  h = common.same_size(common.same_size(height, 2), 2)
-  w = common.same_size(common.same_size(width, 2), 2)
-  total = stem_flops(height, width)
-  channels = architectures.IMAGENET_STEM_CHANNELS
-  for block in range(FEATURE_BLOCKS):
-    depth, bottleneck, stride = architectures.imagenet_block(block,
-                                                             base_channels)
-    for unit in range(units[block]):
-      unit_stride = stride if unit == 0 else 1
-      out_h = common.same_size(h, unit_stride)
-      out_w = common.same_size(w, unit_stride)
-      total += flops_lib.conv_flops(h * w, 1, channels, bottleneck)
-      total += flops_lib.conv_flops(out_h * out_w, 3, bottleneck, bottleneck)
-      total += flops_lib.conv_flops(out_h * out_w, 1, bottleneck, depth)
-      if channels != depth:
-        total += flops_lib.conv_flops(out_h * out_w, 1, channels, depth)
-      h, w, channels = out_h, out_w, depth
-  return total
+  return flops_lib.imagenet_feature_flops(
+      units, height, width, base_channels, num_blocks=FEATURE_BLOCKS)[0]
 
 
 def _batch_norm_layers(layer):
