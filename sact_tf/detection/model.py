@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from sact_tf import architectures
 from sact_tf import flops as flops_lib
+from sact_tf import losses as losses_lib
 from sact_tf.detection import anchors as anchors_lib
 from sact_tf.detection import box_coder
 from sact_tf.detection import box_ops
@@ -367,9 +368,8 @@ class FasterRCNN(keras.Model):
         tf.size(sample.classes) > 0, classifier,
         lambda: (tf.constant(0.0), tf.constant(0.0)))
 
-    ponder_cost = (tf.reduce_mean(outputs['ponder_cost']) if self.adaptive
-                   else tf.constant(0.0))
-    ponder_loss = c.tau * ponder_cost
+    ponder_cost = losses_lib.ponder_cost_mean(outputs)
+    ponder_loss = losses_lib.ponder_loss(outputs, c.tau)
     regularization = (tf.add_n(self.losses) if self.losses
                       else tf.constant(0.0))
     loss = (losses.RPN_OBJECTNESS_WEIGHT * rpn.classification

@@ -22,6 +22,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from sact_tf import losses
 from sact_tf import summaries
 from sact_tf.data import datasets
 from sact_tf.data import pipelines
@@ -95,7 +96,6 @@ def _schedule(config):
 
 def _make_train_step(model, optimizer, config, strategy):
   global_batch = config.batch_size
-  adaptive = config.model_type != 'resnet'
 
   def step_fn(batch):
     images, labels = batch['image'], batch['label']
@@ -109,12 +109,8 @@ def _make_train_step(model, optimizer, config, strategy):
           per_example, global_batch_size=global_batch)
       regularization = (tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                         if model.losses else tf.constant(0.0))
-      if adaptive:
-        ponder_cost = tf.nn.compute_average_loss(
-            outputs['ponder_cost'], global_batch_size=global_batch)
-      else:
-        ponder_cost = tf.constant(0.0)
-      ponder_loss = config.tau * ponder_cost
+      ponder_cost = losses.ponder_cost_mean(outputs, global_batch)
+      ponder_loss = losses.ponder_loss(outputs, config.tau, global_batch)
       loss = cross_entropy + regularization + ponder_loss
     gradients = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
