@@ -14,7 +14,6 @@ import shutil
 import time
 
 from absl import logging
-import keras
 import tensorflow as tf
 
 from sact_tf.detection import config as config_lib
@@ -44,28 +43,19 @@ def build_model(model_config):
 
 
 def restore_model(model, path):
-  """Restores every variable of a built detector from a checkpoint.
-
-  Returns the checkpoint prefix read.
+  """Restores every variable of a built detector from a checkpoint
+  (`checkpointing.restore_model`). Returns the checkpoint prefix read.
 
   Raises:
     FileNotFoundError: no checkpoint at `path`.
     ValueError: the checkpoint does not hold this detector's variables.
   """
-  prefix = checkpointing.resolve(path)
-  checkpoint = tf.train.Checkpoint(model=checkpointing.model_trackable(model))
-  try:
-    status = checkpoint.read(prefix)
-    status.assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    c = model.config
-    raise ValueError(
-        f'Checkpoint {prefix} does not fit this detector ({c.model_type}, '
-        f'units {c.units}, base_channels {c.base_channels}, '
-        f'{c.num_classes} classes, {c.num_anchors} anchors per position): '
-        f'{e}') from e
-  status.expect_partial()
-  return prefix
+  c = model.config
+  return checkpointing.restore_model(
+      model, path, description=(
+          f'this detector ({c.model_type}, units {c.units}, base_channels '
+          f'{c.base_channels}, {c.num_classes} classes, {c.num_anchors} '
+          'anchors per position)'))
 
 
 def _relative(path):
@@ -160,13 +150,6 @@ def init_from_imagenet(model, path):
   return InitSummary(len(pairs), kept, prefix)
 
 
-def _schedule(config):
-  if not config.lr_boundaries:
-    return config.learning_rate
-  return keras.optimizers.schedules.PiecewiseConstantDecay(
-      list(config.lr_boundaries), config.learning_rates())
-
-
 def _make_train_step(model, optimizer, config, strategy, step):
   replicas = strategy.num_replicas_in_sync
 
@@ -245,7 +228,7 @@ def _train(config, strategy, spec, builder, resume, lock, started):
   chief = distribution.is_chief(strategy)
   with strategy.scope():
     model = build_model(config.model)
-    optimizer, step = steps.make_optimizer(model, _schedule(config),
+    optimizer, step = steps.make_optimizer(model, steps.schedule(config),
                                            config.momentum)
   initialise = None
   if config.finetune_from:

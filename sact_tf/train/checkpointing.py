@@ -63,15 +63,24 @@ def resolve(path):
   return rundir.resolve(path)
 
 
-def restore_model(model, path):
+def describe_model(model):
+  """A model's layout in words, for error messages."""
+  return (f'model {model.name} ({model.family}, {model.model_type}, units '
+          f'{model.units_per_block}, base_channels {model.base_channels}, '
+          f'{model.num_classes} classes)')
+
+
+def restore_model(model, path, description=None):
   """Restores every variable of a built `model` from a checkpoint.
 
   Other entries (optimizer, step) are ignored. Returns the prefix read.
+  Serves every model kind (ResNets, detectors): `description` names the
+  model in errors (default: `describe_model(model)`).
 
   Raises:
     FileNotFoundError: no checkpoint at `path`.
     ValueError: the checkpoint lacks some model variable or holds one with
-      another shape.
+      another shape, or cannot be read.
   """
   prefix = resolve(path)
   checkpoint = tf.train.Checkpoint(model=model_trackable(model))
@@ -81,10 +90,8 @@ def restore_model(model, path):
     status.assert_existing_objects_matched()
   except (AssertionError, ValueError, tf.errors.OpError) as e:
     raise ValueError(
-        f'Checkpoint {prefix} does not fit model {model.name} '
-        f'({model.family}, {model.model_type}, units {model.units_per_block}, '
-        f'base_channels {model.base_channels}, {model.num_classes} classes): '
-        f'{e}') from e
+        f'Checkpoint {prefix} does not fit '
+        f'{description or describe_model(model)}: {e}') from e
   return prefix
 
 

@@ -63,37 +63,6 @@ def _python_seed(seed):
     random.setstate(state)
 
 
-class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
-  """values[i] from step boundaries[i - 1] on (values[0] before the first).
-
-  Also used for a constant rate (no boundaries), so that the optimizer's
-  checkpoint layout does not depend on the schedule and a run can resume
-  with other learning rate flags.
-  """
-
-  def __init__(self, boundaries, values):
-    if len(values) != len(boundaries) + 1:
-      raise ValueError(f'A step schedule needs one more value than '
-                       f'boundaries, got {len(values)} values and '
-                       f'{len(boundaries)} boundaries.')
-    self.boundaries = [int(b) for b in boundaries]
-    self.values = [float(v) for v in values]
-
-  def __call__(self, step):
-    step = tf.cast(step, tf.int64)
-    index = tf.reduce_sum(tf.cast(
-        step >= tf.constant(self.boundaries, tf.int64, shape=[
-            len(self.boundaries)]), tf.int32))
-    return tf.gather(tf.constant(self.values, tf.float32), index)
-
-  def get_config(self):
-    return {'boundaries': self.boundaries, 'values': self.values}
-
-
-def _schedule(config):
-  return StepSchedule(config.lr_boundaries, config.learning_rates())
-
-
 def _make_train_step(model, optimizer, config, strategy):
   global_batch = config.batch_size
 
@@ -214,7 +183,7 @@ def _train(config, strategy, spec, builder, resume, lock, started):
   chief = distribution.is_chief(strategy)
   with strategy.scope(), _python_seed(config.seed):
     model = build_model(config)
-    optimizer, step = steps.make_optimizer(model, _schedule(config),
+    optimizer, step = steps.make_optimizer(model, steps.schedule(config),
                                            config.momentum)
   initialise = None
   if config.init_checkpoint:

@@ -40,6 +40,40 @@ def all_finite(model):
              for v in model.trainable_variables)
 
 
+class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """values[i] from step boundaries[i - 1] on (values[0] before the first).
+
+  Also used for a constant rate (no boundaries), so that the optimizer's
+  checkpoint layout does not depend on the schedule and a run can resume
+  with other learning rate flags.
+  """
+
+  def __init__(self, boundaries, values):
+    if len(values) != len(boundaries) + 1:
+      raise ValueError(f'A step schedule needs one more value than '
+                       f'boundaries, got {len(values)} values and '
+                       f'{len(boundaries)} boundaries.')
+    self.boundaries = [int(b) for b in boundaries]
+    self.values = [float(v) for v in values]
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.int64)
+    index = tf.reduce_sum(tf.cast(
+        step >= tf.constant(self.boundaries, tf.int64, shape=[
+            len(self.boundaries)]), tf.int32))
+    return tf.gather(tf.constant(self.values, tf.float32), index)
+
+  def get_config(self):
+    return {'boundaries': self.boundaries, 'values': self.values}
+
+
+def schedule(config):
+  """The learning-rate schedule of a run's config (any task): `StepSchedule`
+  of `config.lr_boundaries` and `config.learning_rates()`. The rate drops
+  from the step after each boundary (the optimizer counts steps from 0)."""
+  return StepSchedule(config.lr_boundaries, config.learning_rates())
+
+
 def make_optimizer(model, learning_rate, momentum):
   """(SGD with momentum built for `model`, the int64 step counter).
 
