@@ -283,58 +283,26 @@ def _baseline(path, family):
   return units, summary['checkpoint'], source
 
 
-# Flags that --mode=eval takes from the run's config.json unless given:
-# flag -> config fields.
-_SAVED_FOR_EVAL = (
-    ('model', ('units',)),
-    ('model_type', ('model_type',)),
-    ('base_channels', ('base_channels',)),
-    ('tau', ('tau',)),
-    ('weight_decay', ('weight_decay',)),
-    ('dataset', ('dataset', 'num_classes', 'data_dir')),
-    ('image_size', ('image_size', 'eval_image_sizes')),
-)
+# The config fields each flag sets: those of the flags given on the command
+# line win over the run's config.json (`config_lib.resolve`).
+_FLAG_FIELDS = {
+    'model': ('units',),
+    'model_type': ('model_type',),
+    'base_channels': ('base_channels',),
+    'tau': ('tau',),
+    'weight_decay': ('weight_decay',),
+    'dataset': ('dataset', 'num_classes', 'data_dir'),
+    'data_dir': ('data_dir',),
+    'image_size': ('image_size', 'eval_image_sizes'),
+    'eval_image_size': ('eval_image_sizes',),
+    'lr_boundaries': ('lr_boundaries',),
+}
 
 
-def _evaluate_saved_model(binary, fv, config):
-  """--mode=eval: the model (and data) of the run's config.json.
-
-  Flags given on the command line win; the others come from the saved
-  config, so `--mode=eval --model_dir=RUN` evaluates what RUN trained (or
-  what experiments.import_checkpoint wrote) without repeating its flags.
-  """
-  saved = config_lib.load(fv.model_dir)
-  if saved is None:
-    return
-  if saved.family != binary.family:
-    raise ValueError(
-        f'{fv.model_dir} holds a {saved.family} model; evaluate it with '
-        f'experiments.{"imagenet" if saved.family == "imagenet" else "cifar10"}.')
-  for flag, fields in _SAVED_FOR_EVAL:
-    if fv[flag].present:
-      continue
-    for field in fields:
-      if field == 'data_dir' and fv['data_dir'].present:
-        continue
-      if field == 'eval_image_sizes' and fv['eval_image_size'].present:
-        continue
-      setattr(config, field, getattr(saved, field))
-  config.validate()
-
-
-def _resumed_boundaries(fv, boundaries):
-  """The learning-rate drops of a resumed run when --lr_boundaries is not
-  given: the saved run's, so that a longer --train_steps does not move the
-  drops (and raise the rate) of a run under way."""
-  if fv.mode == 'eval' or fv.restart_from_scratch:
-    return boundaries
-  saved = config_lib.load(fv.model_dir)
-  if saved is None or list(saved.lr_boundaries) == sorted(set(boundaries)):
-    return boundaries
-  logging.info('Keeping the learning-rate drops of the run in %s at steps '
-               '%s (give --lr_boundaries to change them).', fv.model_dir,
-               saved.lr_boundaries)
-  return list(saved.lr_boundaries)
+def _given_fields(fv):
+  """The config fields set by flags given on the command line."""
+  return {field for flag, fields in _FLAG_FIELDS.items()
+          if fv[flag].present for field in fields}
 
 
 def flags_to_config(binary, fv):
@@ -370,11 +338,9 @@ def flags_to_config(binary, fv):
     train_steps = int(math.ceil(fv.train_epochs * steps_per_epoch))
   else:
     train_steps = binary.default_steps(steps_per_epoch)
-  if fv.lr_boundaries is not None:
-    boundaries = _int_list(fv.lr_boundaries, 'lr_boundaries')
-  else:
-    boundaries = binary.default_boundaries(train_steps, steps_per_epoch, fv)
-    boundaries = _resumed_boundaries(fv, boundaries)
+  boundaries = (_int_list(fv.lr_boundaries, 'lr_boundaries')
+                if fv.lr_boundaries is not None else
+                binary.default_boundaries(train_steps, steps_per_epoch, fv))
   config = train.ExperimentConfig(
       family=binary.family, units=units, model_type=model_type,
       num_classes=spec.num_classes, base_channels=fv.base_channels,
@@ -391,8 +357,9 @@ def flags_to_config(binary, fv):
       checkpoint_every=fv.checkpoint_every,
       keep_checkpoints=fv.keep_checkpoints, summary_every=fv.summary_every,
       seed=fv.seed, **init)
-  if fv.mode == 'eval':
-    _evaluate_saved_model(binary, fv, config)
+  if not fv.restart_from_scratch:
+    config = config_lib.resolve(config, config_lib.load(fv.model_dir),
+                                fv.mode, _given_fields(fv))
   if fv.finetune_from:
     config.init_checkpoint = fv.finetune_from
     config.init_mode = 'finetune'

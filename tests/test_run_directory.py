@@ -220,3 +220,28 @@ def test_lock_heartbeat_updates_the_record(tmp_path):
   second = json.loads((tmp_path / 'train.lock').read_text())
   assert second['heartbeat_unix'] > first and second['pid'] == os.getpid()
   lock.release()
+
+
+def test_resolve_completes_the_given_settings_from_the_saved_run(tmp_path):
+  saved = _config(tmp_path, units=[1, 2, 1], tau=0.5, eps=0.05,
+                  lr_boundaries=[60, 90], train_steps=100)
+  given = _config(tmp_path, units=[2, 2, 2], tau=0.1, train_steps=80,
+                  lr_boundaries=[10])
+  # --mode=eval: the saved model, unless given (here --tau).
+  evaluated = config_lib.resolve(given, saved, 'eval', given={'tau'})
+  assert evaluated.units == [1, 2, 1] and evaluated.eps == 0.05
+  assert evaluated.tau == 0.1
+  assert given.units == [2, 2, 2]  # A new config; the given one unchanged.
+  # Training: the saved drops (those before the end), unless given.
+  resumed = config_lib.resolve(given, saved, 'train')
+  assert resumed.lr_boundaries == [60] and resumed.units == [2, 2, 2]
+  assert config_lib.resolve(given, saved, 'train',
+                            given={'lr_boundaries'}).lr_boundaries == [10]
+  assert config_lib.resolve(given, None, 'eval') is given
+  other = helpers.tiny_config(tmp_path, family='imagenet', units=[1, 1, 1, 1],
+                              dataset='imagenet2012',
+                              preprocessing='inception')
+  with pytest.raises(ValueError, match="family 'imagenet', not 'cifar'"):
+    config_lib.resolve(given, other, 'eval')
+  with pytest.raises(ValueError, match='mode must be'):
+    config_lib.resolve(given, saved, 'predict')

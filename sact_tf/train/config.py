@@ -398,3 +398,64 @@ def resume_config(config, saved, step, allow_changed=False):
       'changed': changed,
   })
   return config
+
+
+# Fields that `--mode=eval` takes from the run's config.json unless they are
+# given: what the run trained, on which data, at which resolution.
+EVAL_FROM_SAVED = ('units', 'model_type', 'base_channels', 'num_classes',
+                   'tau', 'eps', 'halting_bias_init', 'weight_decay',
+                   'dataset', 'data_dir', 'preprocessing', 'image_size',
+                   'eval_image_sizes')
+# Fields a resumed training run keeps from its config.json unless given:
+# derived learning-rate drops must not move when --train_steps grows.
+RESUME_FROM_SAVED = ('lr_boundaries',)
+
+
+def resolve(config, saved, mode, given=()):
+  """The config a command runs with: the settings given, completed from the
+  run's saved config.
+
+  Args:
+    config: the config built from the command line (defaults included).
+    saved: the run's saved config (`load(model_dir)`), or None.
+    mode: 'eval' takes the fields of `EVAL_FROM_SAVED` from `saved`, so that
+      `--mode=eval --model_dir=RUN` evaluates what RUN trained without its
+      flags; 'train' / 'train_and_eval' take those of `RESUME_FROM_SAVED`
+      (learning-rate drops past the new `train_steps` are dropped).
+    given: the fields set explicitly (on the command line); they win.
+
+  Returns:
+    A new, validated config (`config` itself when there is nothing saved).
+
+  Raises:
+    ValueError: `saved` is of another model family, or the result is not a
+      valid config.
+  """
+  if mode not in MODES:
+    raise ValueError(f'mode must be one of {MODES}, got {mode!r}.')
+  if saved is None:
+    return config
+  if saved.family != config.family:
+    binary = 'imagenet' if saved.family == 'imagenet' else 'cifar10'
+    raise ValueError(
+        f'{config.model_dir} holds a model of family {saved.family!r}, not '
+        f'{config.family!r}: use experiments.{binary} for it.')
+  fields = EVAL_FROM_SAVED if mode == 'eval' else RESUME_FROM_SAVED
+  values = config.to_dict()
+  taken = {}
+  for field in fields:
+    if field in given:
+      continue
+    value = getattr(saved, field)
+    if field == 'lr_boundaries':
+      value = [b for b in value if b < config.train_steps]
+    if value != values[field]:
+      taken[field] = value
+  if not taken:
+    return config
+  if mode != 'eval':
+    logging.info('Keeping %s of the run in %s (give the flags to change '
+                 'them).', ', '.join(f'{k}={v}' for k, v in taken.items()),
+                 config.model_dir)
+  values.update(taken)
+  return type(config).from_dict(values)
