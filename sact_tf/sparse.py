@@ -181,9 +181,9 @@ def batch_norm_rows(batch_norm, rows):
 
   As `rows * scale + offset` (`batch_norm_affine`), the form
   `tf.nn.batch_normalization` (and so the layer) uses: two elementwise ops
-  on the rows. Inside the blocks' loops this took 0.14 ms against 0.17 ms
-  for oneDNN's `FusedBatchNormV3` (with the ReLU after it) at 598x256 rows,
-  0.57 against 1.08 ms at 2400x1024 (by hand, 50-step `tf.while_loop`s).
+  on the rows, faster inside the blocks' loops than oneDNN's
+  `FusedBatchNormV3` on rows (measured by hand; see the performance
+  findings in WORKSPACE_NOTES.md).
   """
   scale, offset = batch_norm_affine(batch_norm)
   return rows * scale + offset
