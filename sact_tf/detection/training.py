@@ -8,8 +8,6 @@ experiments.imagenet checkpoint (`finetune_from`): the stem, blocks 1-4
 and the final batch norm are copied, the detection heads start fresh.
 """
 
-import collections
-import re
 import shutil
 import time
 
@@ -25,8 +23,7 @@ from sact_tf.train import steps
 
 TrainingDivergedError = steps.TrainingDivergedError
 TrainResult = steps.TrainResult
-InitSummary = collections.namedtuple('InitSummary',
-                                     ['copied', 'kept', 'checkpoint'])
+InitSummary = checkpointing.InitSummary
 
 _METRICS = ('loss', 'rpn_objectness', 'rpn_localization',
             'box_classification', 'box_localization', 'ponder_loss',
@@ -58,37 +55,6 @@ def restore_model(model, path):
           'anchors per position)'))
 
 
-def _relative(path):
-  # Drop the model's name: 'faster_rcnn/block1/...' and 'resnet_v2/block1/...'
-  # name the same weight.
-  return path.split('/', 1)[1]
-
-
-_MODEL_KEY = re.compile(r'^model/(.+)/\.ATTRIBUTES/VARIABLE_VALUE$')
-
-
-def _unescape(name):
-  # tf.train.Checkpoint escapes '.' as '..' and '/' as '.S' in names.
-  return re.sub(r'\.([.S])', lambda m: '/' if m.group(1) == 'S' else '.',
-                name)
-
-
-def checkpoint_weights(prefix):
-  """{weight name without the model's name: checkpoint key} of a sact_tf
-  checkpoint (`sact_tf.train.checkpointing` format)."""
-  reader = tf.train.load_checkpoint(prefix)
-  weights = {}
-  for key in reader.get_variable_to_shape_map():
-    match = _MODEL_KEY.match(key)
-    if match:
-      weights[_relative(_unescape(match.group(1)))] = key
-  if not weights:
-    raise ValueError(f'{prefix} holds no model weights by path: expected a '
-                     'checkpoint written by experiments.imagenet (or '
-                     'sact_tf.train.checkpointing).')
-  return weights
-
-
 def init_from_imagenet(model, path):
   """Copies the stem, blocks 1-4 and final batch norm of an ImageNet ResNet.
 
@@ -113,41 +79,24 @@ def init_from_imagenet(model, path):
     FileNotFoundError: no checkpoint there.
     ValueError: a weight is missing or has another shape.
   """
-  prefix = checkpointing.resolve(path)
-  reader = tf.train.load_checkpoint(prefix)
-  shapes = reader.get_variable_to_shape_map()
-  keys = checkpoint_weights(prefix)
-  pairs, missing, wrong_shape, kept = [], [], [], 0
-  for variable in model.variables:
-    name = _relative(variable.path)
+  def select(name):
     if not name.startswith(model_lib.BACKBONE_PREFIXES):
-      continue
-    key = keys.get(name)
-    fits = key is not None and tuple(shapes[key]) == tuple(variable.shape)
+      return checkpointing.SKIP
     if checkpointing.is_halting_variable(name):
-      if fits:
-        pairs.append((variable, key))
-      else:
-        kept += 1
-    elif key is None:
-      missing.append(name)
-    elif not fits:
-      wrong_shape.append(f'{name}: checkpoint {tuple(shapes[key])}, detector '
-                         f'{tuple(variable.shape)}')
-    else:
-      pairs.append((variable, key))
-  if missing or wrong_shape:
-    raise checkpointing.mismatch_error(
-        f'Cannot initialise the detector ({model.config.model_type}, units '
-        f'{model.config.units}, base_channels {model.config.base_channels}) '
-        f'from {prefix}:', missing, wrong_shape, noun='weight',
-        hint='Use the --model and --base_channels of the ImageNet run.')
-  for variable, key in pairs:
-    variable.assign(reader.get_tensor(key))
+      return checkpointing.COPY_IF_FITS
+    return checkpointing.COPY
+
+  c = model.config
+  summary = checkpointing.copy_from_checkpoint(
+      model, path, select,
+      header=(f'Cannot initialise the detector ({c.model_type}, units '
+              f'{c.units}, base_channels {c.base_channels}) from {{prefix}}:'),
+      hint='Use the --model and --base_channels of the ImageNet run.',
+      noun='weight')
   logging.info('Initialised %d weights of the detector from %s (%d halting '
-               'weights kept at their initialisation).', len(pairs), prefix,
-               kept)
-  return InitSummary(len(pairs), kept, prefix)
+               'weights kept at their initialisation).', summary.copied,
+               summary.checkpoint, summary.kept)
+  return summary
 
 
 def _make_train_step(model, optimizer, config, strategy, step):

@@ -13,6 +13,7 @@ to `--finetune_from` and evaluated with `--mode=eval`.
 """
 
 import collections
+import re
 
 from absl import logging
 import tensorflow as tf
@@ -21,8 +22,23 @@ from sact_tf.models import resnet
 from sact_tf.train import config as config_lib
 from sact_tf.train import rundir
 
-InitSummary = collections.namedtuple('InitSummary',
-                                     ['copied', 'skipped', 'checkpoint'])
+class InitSummary(collections.namedtuple(
+    'InitSummary', ['copied', 'kept', 'checkpoint'])):
+  """What `copy_from_checkpoint` did: variables copied, variables kept at
+  their initialisation, and the checkpoint prefix read."""
+
+  @property
+  def skipped(self):
+    return self.kept
+
+
+# Whether and how `copy_from_checkpoint` initialises a variable.
+COPY = 'copy'            # From the checkpoint; it must be there, same shape.
+COPY_IF_FITS = 'if_fits'  # From the checkpoint if there with the same shape.
+KEEP = 'keep'            # Left at its initialisation (counted as kept).
+SKIP = 'skip'            # Not this function's business (not counted).
+
+_MODEL_KEY = re.compile(r'^model/(.+)/\.ATTRIBUTES/VARIABLE_VALUE$')
 
 
 def model_trackable(model):
@@ -114,7 +130,7 @@ def is_halting_variable(path):
 
 
 def is_classifier_variable(path):
-  return '/logits/' in path
+  return '/logits/' in '/' + path
 
 
 def mismatch_error(header, missing, wrong_shape, noun='variable', hint=None):
@@ -151,8 +167,90 @@ def build_model(model_kwargs, image_size=32):
   return model
 
 
+def relative_name(path):
+  """A variable path without the model's name: 'faster_rcnn/block1/...' and
+  'resnet_v2/block1/...' name the same weight."""
+  return path.split('/', 1)[1] if '/' in path else path
+
+
+def _unescape(name):
+  # tf.train.Checkpoint escapes '.' as '..' and '/' as '.S' in names.
+  return re.sub(r'\.([.S])', lambda m: '/' if m.group(1) == 'S' else '.',
+                name)
+
+
+def checkpoint_weights(prefix):
+  """{weight name without the model's name: checkpoint key} of a sact_tf
+  checkpoint (the format of this module)."""
+  reader = tf.train.load_checkpoint(prefix)
+  weights = {}
+  for key in reader.get_variable_to_shape_map():
+    match = _MODEL_KEY.match(key)
+    if match:
+      weights[relative_name(_unescape(match.group(1)))] = key
+  if not weights:
+    raise ValueError(f'{prefix} holds no model weights by path: expected a '
+                     'checkpoint written by sact_tf training (or '
+                     'sact_tf.train.checkpointing).')
+  return weights
+
+
+def copy_from_checkpoint(model, path, select, header, hint=None,
+                         noun='variable'):
+  """Initialises `model`'s variables from a checkpoint of another model.
+
+  The one way one model starts from another's weights (fine-tuning,
+  baselines, detectors from classifiers): variables are matched by their
+  path below the model's name (`relative_name`), so the models may differ
+  in name, type and depth.
+
+  Args:
+    model: a built model (may live under a strategy scope).
+    path: checkpoint directory or prefix (a sact_tf checkpoint).
+    select: `select(name) -> COPY | COPY_IF_FITS | KEEP | SKIP` for each
+      variable's relative name.
+    header: the first line of the error when something does not fit.
+    hint: its last line, what to do (or None).
+    noun: what the variables are called in messages.
+
+  Returns:
+    `InitSummary(copied, kept, checkpoint)`.
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+    ValueError: a COPY variable is missing or has another shape.
+  """
+  prefix = resolve(path)
+  reader = tf.train.load_checkpoint(prefix)
+  shapes = reader.get_variable_to_shape_map()
+  keys = checkpoint_weights(prefix)
+  pairs, missing, wrong_shape, kept = [], [], [], 0
+  for variable in model.variables:
+    name = relative_name(variable.path)
+    how = select(name)
+    if how == SKIP:
+      continue
+    key = keys.get(name)
+    fits = key is not None and tuple(shapes[key]) == tuple(variable.shape)
+    if how == KEEP or (how == COPY_IF_FITS and not fits):
+      kept += 1
+    elif fits:
+      pairs.append((variable, key))
+    elif key is None:
+      missing.append(name)
+    else:
+      wrong_shape.append(f'{name}: checkpoint {tuple(shapes[key])}, model '
+                         f'{tuple(variable.shape)}')
+  if missing or wrong_shape:
+    raise mismatch_error(header.format(prefix=prefix), missing, wrong_shape,
+                         noun=noun, hint=hint)
+  for variable, key in pairs:
+    variable.assign(reader.get_tensor(key))
+  return InitSummary(len(pairs), kept, prefix)
+
+
 def init_from_checkpoint(model, path, source_fields, mode):
-  """Initialises `model` from a checkpoint of another model.
+  """Initialises a ResNet from a checkpoint of another ResNet.
 
   Args:
     model: the built model to initialise (may live under a strategy scope).
@@ -168,48 +266,37 @@ def init_from_checkpoint(model, path, source_fields, mode):
       into the plain ResNet with its average number of units (paper 4.1).
 
   Returns:
-    `InitSummary(copied, skipped, checkpoint)`.
+    `InitSummary(copied, kept, checkpoint)` (`skipped` is `kept`).
 
   Raises:
     ValueError: some variable to copy is missing or has another shape.
   """
   if mode not in ('finetune', 'baseline'):
     raise ValueError(f"mode must be 'finetune' or 'baseline', got {mode!r}.")
-  kwargs = dict(source_fields)
-  source = build_model(kwargs)
-  prefix = restore_model(source, path)
-  by_path = {v.path: v for v in source.variables}
+  source = dict(source_fields)
   # Fine-tuning onto a dataset with other classes re-initialises the
   # classifier (e.g. from an ImageNet model to clutter_digits).
   new_classes = (mode == 'finetune'
-                 and kwargs['num_classes'] != model.num_classes)
-  missing, wrong_shape, pairs, skipped = [], [], [], 0
-  for variable in model.variables:
+                 and source['num_classes'] != model.num_classes)
+
+  def select(name):
     if mode == 'finetune' and (
-        is_halting_variable(variable.path)
-        or (new_classes and is_classifier_variable(variable.path))):
-      skipped += 1
-      continue
-    other = by_path.get(variable.path)
-    if other is None:
-      missing.append(variable.path)
-    elif tuple(other.shape) != tuple(variable.shape):
-      wrong_shape.append(f'{variable.path}: checkpoint {tuple(other.shape)}, '
-                         f'model {tuple(variable.shape)}')
-    else:
-      pairs.append((variable, other))
-  if missing or wrong_shape:
-    raise mismatch_error(
-        f'Cannot initialise {model.name} ({model.model_type}, units '
-        f'{model.units_per_block}) from {prefix} ({kwargs["model_type"]}, '
-        f'units {kwargs["units"]}) in {mode} mode:', missing, wrong_shape)
-  for variable, other in pairs:
-    variable.assign(other.value)
+        is_halting_variable(name)
+        or (new_classes and is_classifier_variable(name))):
+      return KEEP
+    return COPY
+
+  summary = copy_from_checkpoint(
+      model, path, select,
+      header=(f'Cannot initialise {model.name} ({model.model_type}, units '
+              f'{model.units_per_block}) from {{prefix}} '
+              f'({source["model_type"]}, units {source["units"]}) in {mode} '
+              'mode:'))
   logging.info('Initialised %d variables of %s from %s (%s mode, %d halting '
-               '%svariables left at their initialisation).', len(pairs),
-               model.name, prefix, mode, skipped,
+               '%svariables left at their initialisation).', summary.copied,
+               model.name, summary.checkpoint, mode, summary.kept,
                'and classifier ' if new_classes else '')
-  return InitSummary(len(pairs), skipped, prefix)
+  return summary
 
 
 def load_run(model_dir, checkpoint=None, image_size=32, **model_overrides):
