@@ -8,8 +8,6 @@ experiments.imagenet checkpoint (`finetune_from`): the stem, blocks 1-4
 and the final batch norm are copied, the detection heads start fresh.
 """
 
-import shutil
-import time
 
 from absl import logging
 import tensorflow as tf
@@ -18,7 +16,6 @@ from sact_tf.detection import config as config_lib
 from sact_tf.detection import data
 from sact_tf.detection import model as model_lib
 from sact_tf.train import checkpointing
-from sact_tf.train import distribution
 from sact_tf.train import steps
 
 TrainingDivergedError = steps.TrainingDivergedError
@@ -160,73 +157,71 @@ def train(config, strategy=None, *, allow_changed=False,
     ValueError: the model directory holds another detector, or a run with
       other settings (without `allow_changed`), or no intact checkpoint.
   """
-  started = time.time()
-  strategy = strategy or tf.distribute.get_strategy()
-  spec = data.get_spec(config.dataset)
-  check_dataset(config, spec)
-  builder = data.prepare(config.dataset, config.data_dir, config.download)
-  return steps.train_in_run(
-      config, strategy, config_lib,
-      lambda config, resume, lock: _train(config, strategy, spec, builder,
-                                          resume, lock, started),
-      allow_changed=allow_changed, restart_from_scratch=restart_from_scratch)
+  return steps.train_task(DetectionTask(), config, strategy,
+                          allow_changed=allow_changed,
+                          restart_from_scratch=restart_from_scratch)
 
 
-def _train(config, strategy, spec, builder, resume, lock, started):
-  """`train` inside the run directory's lock."""
-  chief = distribution.is_chief(strategy)
-  with strategy.scope():
-    model = build_model(config.model)
-    optimizer, step = steps.make_optimizer(model, steps.schedule(config),
-                                           config.momentum)
-  initialise = None
-  if config.finetune_from:
-    initialise = lambda: init_from_imagenet(model, config.finetune_from)
-  manager, save_dir, latest = steps.restore_or_initialise(
-      model, optimizer, step, config, strategy, initialise, resume.latest)
-  start = int(step.numpy())
-  if steps.already_trained(start, config.train_steps):
-    return TrainResult(start, latest, {}, time.time() - started)
+class DetectionTask(steps.Task):
+  """Faster R-CNN detection, one image per replica and step, for
+  `steps.train_task`."""
 
-  replicas = strategy.num_replicas_in_sync
-  dataset = strategy.distribute_datasets_from_function(
-      lambda context: data.train_dataset(
-          builder, spec, config.min_size, config.max_size, flip=config.flip,
-          start_step=start, seed=config.seed, input_context=context))
-  iterator = iter(dataset)
-  train_step = _make_train_step(model, optimizer, config, strategy, step)
-  writer = steps.summary_writer(config, chief)
+  config_module = config_lib
+  rate_key = 'images_per_second'
 
-  def after_save():
-    if not chief:
-      shutil.rmtree(save_dir, ignore_errors=True)
+  def prepare_data(self, config):
+    spec = data.get_spec(config.dataset)
+    check_dataset(config, spec)
+    return spec, data.prepare(config.dataset, config.data_dir,
+                              config.download)
 
-  def on_summary(current, metrics, window):
-    logging.info(
-        'step %d/%d: loss %.4f (RPN %.4f + %.4f, boxes %.4f + %.4f, ponder '
-        'cost %.3f), %.3g feature FLOPs/image, lr %.3g, %.2f images/s',
-        current, config.train_steps, metrics['loss'],
-        metrics['rpn_objectness'], metrics['rpn_localization'],
-        metrics['box_classification'], metrics['box_localization'],
-        metrics['ponder_cost'], metrics['flops'], metrics['learning_rate'],
-        metrics['images_per_second'])
-    if window.sums['dropped_boxes']:
-      logging.warning('Dropped %d degenerate (zero-area) ground-truth '
-                      'boxes in the last %d images.',
-                      int(window.sums['dropped_boxes']),
-                      window.steps * replicas)
+  def build_model(self, config):
+    return build_model(config.model)
 
-  logging.info('Training a %s Faster R-CNN (units %s, base channels %d) on '
-               '%s from step %d to %d.', config.model.model_type,
-               config.model.units, config.model.base_channels, config.dataset,
-               start, config.train_steps)
-  last_path, last_metrics = steps.run(
-      train_step, iterator, start, config, model=model, optimizer=optimizer,
-      step=step, manager=manager, writer=writer,
-      window=steps.MetricsWindow(_METRICS,
-                                 totals={'dropped_boxes': replicas}),
-      examples_per_step=replicas, rate_key='images_per_second',
-      on_summary=on_summary, latest=latest, after_save=after_save,
-      lock=lock)
-  return TrainResult(config.train_steps, last_path, last_metrics,
-                     time.time() - started)
+  def initialiser(self, model, config):
+    if not config.finetune_from:
+      return None
+    return lambda: init_from_imagenet(model, config.finetune_from)
+
+  def dataset(self, config, data_handle, start, input_context):
+    spec, builder = data_handle
+    return data.train_dataset(
+        builder, spec, config.min_size, config.max_size, flip=config.flip,
+        start_step=start, seed=config.seed, input_context=input_context)
+
+  def make_step(self, model, optimizer, config, strategy, step):
+    return _make_train_step(model, optimizer, config, strategy, step)
+
+  def window(self, strategy):
+    return steps.MetricsWindow(
+        _METRICS, totals={'dropped_boxes': strategy.num_replicas_in_sync})
+
+  def examples_per_step(self, config, strategy):
+    del config  # Unused.
+    return strategy.num_replicas_in_sync
+
+  def describe(self, config):
+    return (f'a {config.model.model_type} Faster R-CNN (units '
+            f'{config.model.units}, base channels '
+            f'{config.model.base_channels})')
+
+  def summary_hook(self, model, config, data_handle, strategy, chief):
+    del model, data_handle, chief  # Unused.
+    replicas = strategy.num_replicas_in_sync
+
+    def on_summary(current, metrics, window):
+      logging.info(
+          'step %d/%d: loss %.4f (RPN %.4f + %.4f, boxes %.4f + %.4f, ponder '
+          'cost %.3f), %.3g feature FLOPs/image, lr %.3g, %.2f images/s',
+          current, config.train_steps, metrics['loss'],
+          metrics['rpn_objectness'], metrics['rpn_localization'],
+          metrics['box_classification'], metrics['box_localization'],
+          metrics['ponder_cost'], metrics['flops'], metrics['learning_rate'],
+          metrics['images_per_second'])
+      if window.sums['dropped_boxes']:
+        logging.warning('Dropped %d degenerate (zero-area) ground-truth '
+                        'boxes in the last %d images.',
+                        int(window.sums['dropped_boxes']),
+                        window.steps * replicas)
+
+    return on_summary

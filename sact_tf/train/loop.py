@@ -15,8 +15,6 @@ per-position ponder cost histograms (`sact_tf.summaries`).
 
 import contextlib
 import random
-import shutil
-import time
 
 from absl import logging
 import keras
@@ -28,7 +26,6 @@ from sact_tf.data import datasets
 from sact_tf.data import pipelines
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
-from sact_tf.train import distribution
 from sact_tf.train import steps
 
 TrainResult = steps.TrainResult
@@ -167,66 +164,69 @@ def train(config, strategy=None, *, allow_changed=False,
     ValueError: the model directory holds a different model, or a run with
       other settings (without `allow_changed`), or no intact checkpoint.
   """
-  started = time.time()
-  strategy = strategy or tf.distribute.get_strategy()
-  spec = datasets.get_spec(config.dataset)
-  builder = datasets.prepare(config.dataset, config.data_dir, config.download)
-  return steps.train_in_run(
-      config, strategy, config_lib,
-      lambda config, resume, lock: _train(config, strategy, spec, builder,
-                                          resume, lock, started),
-      allow_changed=allow_changed, restart_from_scratch=restart_from_scratch)
+  return steps.train_task(ClassificationTask(), config, strategy,
+                          allow_changed=allow_changed,
+                          restart_from_scratch=restart_from_scratch)
 
 
-def _train(config, strategy, spec, builder, resume, lock, started):
-  """`train` inside the run directory's lock."""
-  chief = distribution.is_chief(strategy)
-  with strategy.scope(), _python_seed(config.seed):
-    model = build_model(config)
-    optimizer, step = steps.make_optimizer(model, steps.schedule(config),
-                                           config.momentum)
-  initialise = None
-  if config.init_checkpoint:
-    initialise = lambda: checkpointing.init_from_checkpoint(
+class ClassificationTask(steps.Task):
+  """Image classification with ACT/SACT ResNets, for `steps.train_task`."""
+
+  config_module = config_lib
+
+  def prepare_data(self, config):
+    return (datasets.get_spec(config.dataset),
+            datasets.prepare(config.dataset, config.data_dir,
+                             config.download))
+
+  def build_model(self, config):
+    with _python_seed(config.seed):
+      return build_model(config)
+
+  def initialiser(self, model, config):
+    if not config.init_checkpoint:
+      return None
+    return lambda: checkpointing.init_from_checkpoint(
         model, config.init_checkpoint, config.init_model, config.init_mode)
-  manager, save_dir, latest = steps.restore_or_initialise(
-      model, optimizer, step, config, strategy, initialise, resume.latest)
-  start = int(step.numpy())
-  if steps.already_trained(start, config.train_steps):
-    return TrainResult(start, latest, {}, time.time() - started)
 
-  dataset = strategy.distribute_datasets_from_function(
-      lambda context: pipelines.train_dataset(
-          builder, spec, config.preprocessing, config.image_size,
-          config.batch_size, start_step=start, end_step=config.train_steps,
-          seed=config.seed, input_context=context))
-  iterator = iter(dataset)
-  train_step = _make_train_step(model, optimizer, config, strategy)
-  writer = steps.summary_writer(config, chief)
-  ponder_summaries = (_make_ponder_summaries(model, config, builder, spec)
-                      if chief else None)
+  def dataset(self, config, data, start, input_context):
+    spec, builder = data
+    return pipelines.train_dataset(
+        builder, spec, config.preprocessing, config.image_size,
+        config.batch_size, start_step=start, end_step=config.train_steps,
+        seed=config.seed, input_context=input_context)
 
-  def on_summary(current, metrics, window):
-    del window  # Unused.
-    if ponder_summaries:
-      ponder_summaries(current)
-    logging.info(
-        'step %d/%d: loss %.4f (cross-entropy %.4f, ponder cost %.3f), '
-        'accuracy %.3f, %.3g FLOPs/image, lr %.3g, %.1f images/s', current,
-        config.train_steps, metrics['loss'], metrics['cross_entropy'],
-        metrics['ponder_cost'], metrics['accuracy'], metrics['flops'],
-        metrics['learning_rate'], metrics['examples_per_second'])
+  def make_step(self, model, optimizer, config, strategy, step):
+    del step  # Unused.
+    return _make_train_step(model, optimizer, config, strategy)
 
-  logging.info('Training %s %s (units %s) on %s from step %d to %d.',
-               config.model_type, config.family, config.units, config.dataset,
-               start, config.train_steps)
-  last_path, last_metrics = steps.run(
-      train_step, iterator, start, config, model=model, optimizer=optimizer,
-      step=step, manager=manager, writer=writer,
-      window=steps.MetricsWindow(_METRICS),
-      examples_per_step=config.batch_size, rate_key='examples_per_second',
-      on_summary=on_summary, latest=latest, lock=lock)
-  if not chief:
-    shutil.rmtree(save_dir, ignore_errors=True)
-  return TrainResult(config.train_steps, last_path, last_metrics,
-                     time.time() - started)
+  def window(self, strategy):
+    del strategy  # Unused.
+    return steps.MetricsWindow(_METRICS)
+
+  def examples_per_step(self, config, strategy):
+    del strategy  # Unused.
+    return config.batch_size
+
+  def describe(self, config):
+    return f'{config.model_type} {config.family} (units {config.units})'
+
+  def summary_hook(self, model, config, data, strategy, chief):
+    del strategy  # Unused.
+    spec, builder = data
+    ponder_summaries = (_make_ponder_summaries(model, config, builder, spec)
+                        if chief else None)
+
+    def on_summary(current, metrics, window):
+      del window  # Unused.
+      if ponder_summaries:
+        ponder_summaries(current)
+      logging.info(
+          'step %d/%d: loss %.4f (cross-entropy %.4f, ponder cost %.3f), '
+          'accuracy %.3f, %.3g FLOPs/image, lr %.3g, %.1f images/s',
+          current, config.train_steps, metrics['loss'],
+          metrics['cross_entropy'], metrics['ponder_cost'],
+          metrics['accuracy'], metrics['flops'], metrics['learning_rate'],
+          metrics['examples_per_second'])
+
+    return on_summary

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import math
 import os
+import shutil
 import time
 
 from absl import logging
@@ -131,15 +132,6 @@ def open_run(config, strategy, config_module, *, allow_changed=False,
     if chief:
       config_module.save(config)
     yield config, resume, lock
-
-
-def train_in_run(config, strategy, config_module, body, *,
-                 allow_changed=False, restart_from_scratch=False):
-  """`body(config, resume, lock)` inside `open_run`; returns its result."""
-  with open_run(config, strategy, config_module, allow_changed=allow_changed,
-                restart_from_scratch=restart_from_scratch) as (
-                    config, resume, lock):
-    return body(config, resume, lock)
 
 
 def restore_or_initialise(model, optimizer, step, config, strategy,
@@ -304,3 +296,112 @@ def run(train_step, iterator, start, config, *, model, optimizer, step,
         lock.heartbeat()
   writer.flush()
   return last_path, last_metrics
+
+
+class Task:
+  """What a task (classification, detection) gives the one training loop,
+  `train_task`. Subclasses set the attributes and implement the methods.
+
+  Attributes:
+    config_module: the config's module (`load`, `check_same_model`, `save`).
+    rate_key: the name of the throughput metric (examples per second).
+  """
+
+  config_module = None
+  rate_key = 'examples_per_second'
+
+  def prepare_data(self, config):
+    """The task's data handle, before any model is built (raises
+    DatasetNotReadyError when the data is missing)."""
+    raise NotImplementedError
+
+  def build_model(self, config):
+    """The config's built model (called under the strategy's scope)."""
+    raise NotImplementedError
+
+  def initialiser(self, model, config):
+    """A function initialising a new run's `model` (e.g. fine-tuning from
+    another checkpoint), or None."""
+    del model, config
+    return None
+
+  def dataset(self, config, data, start, input_context):
+    """The training dataset of one input pipeline, from step `start`."""
+    raise NotImplementedError
+
+  def make_step(self, model, optimizer, config, strategy, step):
+    """A `tf.function` running one training step on an iterator."""
+    raise NotImplementedError
+
+  def window(self, strategy):
+    """The `MetricsWindow` of the step function's metrics."""
+    raise NotImplementedError
+
+  def examples_per_step(self, config, strategy):
+    raise NotImplementedError
+
+  def describe(self, config):
+    """What is trained, for the log line that starts training."""
+    raise NotImplementedError
+
+  def summary_hook(self, model, config, data, strategy, chief):
+    """`on_summary(current, metrics, window)`: the log line of a summary
+    window and any further summaries."""
+    raise NotImplementedError
+
+
+def train_task(task, config, strategy=None, *, allow_changed=False,
+               restart_from_scratch=False):
+  """The training loop of every task: trains `config`'s model up to
+  `config.train_steps` steps in its locked run directory.
+
+  Prepares the data (before any model is built), takes the run directory
+  (`open_run`: lock, newest intact checkpoint, settings check), builds the
+  model and its optimizer under the strategy, resumes or initialises, and
+  runs the steps (`run`: summaries, checkpoints, divergence checks).
+
+  Returns:
+    `TrainResult(step, checkpoint, metrics, seconds)`.
+  """
+  started = time.time()
+  strategy = strategy or tf.distribute.get_strategy()
+  data = task.prepare_data(config)
+  with open_run(config, strategy, task.config_module,
+                allow_changed=allow_changed,
+                restart_from_scratch=restart_from_scratch) as (
+                    config, resume, lock):
+    chief = distribution.is_chief(strategy)
+    with strategy.scope():
+      model = task.build_model(config)
+      optimizer, step = make_optimizer(model, schedule(config),
+                                       config.momentum)
+    manager, save_dir, latest = restore_or_initialise(
+        model, optimizer, step, config, strategy,
+        task.initialiser(model, config), resume.latest)
+    start = int(step.numpy())
+    if already_trained(start, config.train_steps):
+      return TrainResult(start, latest, {}, time.time() - started)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: task.dataset(config, data, start, context))
+    iterator = iter(dataset)
+    train_step = task.make_step(model, optimizer, config, strategy, step)
+    writer = summary_writer(config, chief)
+    on_summary = task.summary_hook(model, config, data, strategy, chief)
+
+    def after_save():
+      # Workers other than the chief save to a scratch folder: drop it.
+      if not chief:
+        shutil.rmtree(save_dir, ignore_errors=True)
+
+    logging.info('Training %s on %s from step %d to %d.',
+                 task.describe(config), config.dataset, start,
+                 config.train_steps)
+    last_path, last_metrics = run(
+        train_step, iterator, start, config, model=model,
+        optimizer=optimizer, step=step, manager=manager, writer=writer,
+        window=task.window(strategy),
+        examples_per_step=task.examples_per_step(config, strategy),
+        rate_key=task.rate_key, on_summary=on_summary, latest=latest,
+        after_save=after_save, lock=lock)
+    return TrainResult(config.train_steps, last_path, last_metrics,
+                       time.time() - started)
