@@ -451,6 +451,10 @@ def user_error_message(error):
   """The one-line message of an error the user can fix, or None for an
   unexpected one (a bug, shown with its traceback)."""
   if isinstance(error, app.UsageError):
+    # A library error passed on as a usage error says what to do itself;
+    # a missing or unexpected flag gets the pointer to the flag list.
+    if error.__cause__ is not None:
+      return str(error)
     return f'{error} (--helpshort lists the flags)'
   if isinstance(error, (data.DatasetNotReadyError,
                         train.TrainingDivergedError, FileNotFoundError,
