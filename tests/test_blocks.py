@@ -200,3 +200,18 @@ def test_block_config_round_trip(block_cls, head_cls):
   assert clone.halting_heads[0].halting_bias_init == -2.0
   np.testing.assert_allclose(clone(x)['output'].numpy(),
                              out['output'].numpy(), rtol=1e-6)
+
+
+def test_resnet_block_takes_units_with_call_alone():
+  # No flops, compute_output_shape or build: the protocol's defaults.
+  class Double(keras.layers.Layer):
+    def call(self, x, active=None):
+      return common.mask_state(2.0 * x, x, active)
+
+  block = layers.ResNetBlock([Double(), Double()])
+  x = tf.random.normal([2, 3, 3, CHANNELS])
+  for call in (block, tf.function(block)):
+    out = call(x)
+    np.testing.assert_allclose(out['output'], 4.0 * x.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(out['flops'], [0, 0])
+    np.testing.assert_array_equal(out['num_units'], [2, 2])

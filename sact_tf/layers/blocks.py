@@ -3,7 +3,10 @@
 A block calls its first unit everywhere (it may change stride and channels),
 then runs the remaining units in a `tf.while_loop` that stops as soon as no
 image (ACT) or position (SACT) of the batch is active: the units after that
-are never executed.
+are never executed. Units and halting heads are any Keras layers following
+the protocols of `sact_tf.layers.protocols` (`ResidualUnit`, `HaltingHead`);
+the blocks reach them through that module's functions, which give layers
+that do not subclass those classes the same defaults.
 
 Calling a block returns a dict:
   output: `[B, H, W, C]`, the halting-distribution-weighted sum of the states.
@@ -43,16 +46,23 @@ Training-mode calls evaluate densely and mask, as the authors' code did:
 batch-norm statistics over the gathered images or positions would differ.
 Either way the outputs agree up to float rounding, and the ponder costs and
 FLOPs are the same.
+
+Which of these executors runs units 2..L depends on the layers' optional
+methods and `config_and_weights_only` (the blocks' `executor()`, `Executor`).
+A halting block logs its choice once, at its first call: at INFO, or at
+WARNING, with what to add, where a faster executor needs a method or the
+opt-in that a layer class from outside sact_tf lacks.
 """
 
 import collections
-import inspect
 
+from absl import logging
 import keras
 import tensorflow as tf
 
 from sact_tf import halting
 from sact_tf import sparse as sparse_lib
+from sact_tf.layers import protocols
 
 
 def _serialize_list(layers):
@@ -81,12 +91,6 @@ def _layer_list(name, layers):
   return layers
 
 
-def _build_once(layer, input_shape):
-  # Layers restored from a config arrive built already.
-  if not layer.built:
-    layer.build(input_shape)
-
-
 def _expand_to_state(weight):
   while weight.shape.rank < 4:
     weight = weight[..., tf.newaxis]
@@ -104,25 +108,37 @@ def _add_weighted(output, weight, state):
   return output + _expand_to_state(weight) * state
 
 
-def _shares_graph(layers):
-  """Whether one graph can evaluate all of `layers`, given their variables.
+# The executors of units 2..L (`_HaltingBlock.executor`).
+DENSE_MASKED = 'dense-masked'
+ACT_RESIDUALS = 'ACT working batch, residuals'
+ACT_STATES = 'ACT working batch, weighted states'
+SACT_ROW_TABLE = 'SACT row table'
+SACT_GATHERED = 'SACT gathered residuals'
+SACT_MASKED_UNITS = 'SACT masked units'
 
-  True for layers of one class that declares `config_and_weights_only` (its
-  computation depends on its config and its variables' values only) with
-  equal configs but for the name.
-  """
-  if not layers:
-    return True
-  first = layers[0]
-  if not getattr(type(first), 'config_and_weights_only', False):
-    return False
+Executor = collections.namedtuple('Executor', ['loop', 'shared_graph'])
+Executor.__doc__ = """How a halting block runs units 2..L (its `executor()`).
 
-  def key(layer):
-    config = dict(layer.get_config())
-    config.pop('name', None)
-    return type(layer), config
+  loop: DENSE_MASKED (the whole batch, each unit masking its result:
+    training-mode calls and `sparse=False`), ACT_RESIDUALS / ACT_STATES
+    (`ACTBlock`'s working batch of the active images, the output gaining
+    remainder-weighted residuals / weighted states), SACT_ROW_TABLE
+    (`SACTBlock._table_loop`), SACT_GATHERED (units' `gathered_residual`)
+    or SACT_MASKED_UNITS (units called with the mask, as they evaluate it).
+  shared_graph: True where the loop runs unit 2's graph with each unit's
+    variables, False for a `tf.switch_case` with a graph per unit.
+"""
 
-  return all(key(layer) == key(first) for layer in layers[1:])
+
+def _enumerate(texts):
+  """'a', 'a and b', 'a, b and c'."""
+  if len(texts) < 2:
+    return ''.join(texts)
+  return ', '.join(texts[:-1]) + ' and ' + texts[-1]
+
+
+def _from_library(layer):
+  return type(layer).__module__.startswith('sact_tf.')
 
 
 _Table = collections.namedtuple(
@@ -214,17 +230,27 @@ class _Block(keras.layers.Layer):
     self.units = units
 
   def _build_units(self, input_shape):
-    _build_once(self.units[0], input_shape)
-    state_shape = tuple(self.units[0].compute_output_shape(input_shape))
+    # Layers restored from a config arrive built already.
+    protocols.build(self.units[0], input_shape)
+    state_shape = protocols.first_output_shape(self.name, self.units[0],
+                                               input_shape)
     for unit in self.units[1:]:
-      _build_once(unit, state_shape)
+      protocols.build(unit, state_shape)
     return state_shape
 
   def build(self, input_shape):
     self._build_units(tuple(input_shape))
 
   def compute_output_shape(self, input_shape):
-    return tuple(self.units[0].compute_output_shape(input_shape))
+    return protocols.output_shape(self.units[0], input_shape)
+
+  def _first_unit(self, x, active, training):
+    """The first unit's output on the block input `x`, checked to have the
+    shape the later units were built for."""
+    unit = self.units[0]
+    output = unit(x, active, training=training)
+    protocols.check_first_output(self.name, unit, x.shape, output)
+    return output
 
   def get_config(self):
     config = super().get_config()
@@ -245,9 +271,12 @@ class ResNetBlock(_Block):
   def call(self, inputs, training=None):
     x = inputs
     flops = tf.zeros([tf.shape(inputs)[0]], tf.int64)
-    for unit in self.units:
-      flops += unit.flops(tf.shape(x), None)
-      x = unit(x, None, training=training)
+    for index, unit in enumerate(self.units):
+      flops += protocols.unit_flops(unit, tf.shape(x), None)
+      if index == 0:
+        x = self._first_unit(x, None, training)
+      else:
+        x = unit(x, None, training=training)
     batch = tf.shape(x)[0]
     return {
         'output': x,
@@ -274,21 +303,21 @@ class _HaltingBlock(_Block):
     self.sparse = sparse_lib.validate_sparse(sparse)
     for layer in self._sparse_capable():
       layer.sparse = sparse
-    self._heads_take_active = [
-        'active' in inspect.signature(head.call).parameters
-        for head in halting_heads]
-    self._loop_shares_graph = (_shares_graph(self.units[1:])
-                               and _shares_graph(self.halting_heads[1:]))
+    self._heads_take_active = [protocols.head_takes_active(head)
+                               for head in halting_heads]
+    self._loop_shares_graph = (protocols.shares_graph(self.units[1:])
+                               and protocols.shares_graph(
+                                   self.halting_heads[1:]))
+    self._executor_logged = False
 
   def _sparse_capable(self):
     """The units and heads that can evaluate sparsely (have `sparse`)."""
-    return [layer for layer in self.units + self.halting_heads
-            if hasattr(layer, 'sparse')]
+    return protocols.sparse_capable(self.units + self.halting_heads)
 
   def build(self, input_shape):
     state_shape = self._build_units(tuple(input_shape))
     for head in self.halting_heads:
-      _build_once(head, state_shape)
+      protocols.build(head, state_shape)
 
   def _evaluate(self, index, x, active, training, unit_active, step=None,
                 output=None):
@@ -311,15 +340,18 @@ class _HaltingBlock(_Block):
       block output).
     """
     unit = self.units[index]
-    flops = unit.flops(tf.shape(x), active)
-    step = step or self._plain_step(training, unit_active)
-    x, output = step(unit, x, output)
+    flops = protocols.unit_flops(unit, tf.shape(x), active)
+    if index == 0:
+      x = self._first_unit(x, unit_active, training)
+    else:
+      step = step or self._plain_step(training, unit_active)
+      x, output = step(unit, x, output)
     mask_shape = self._mask_shape(x)
     if index < len(self.halting_heads):
       head = self.halting_heads[index]
       halting_proba = self._call_head(head, self._heads_take_active[index], x,
                                       unit_active, training)
-      flops += head.flops(tf.shape(x), active)
+      flops += protocols.head_flops(head, tf.shape(x), active)
     else:
       halting_proba = tf.ones(mask_shape, x.dtype)
     batch = tf.shape(x if active is None else active)[:1]
@@ -434,7 +466,7 @@ class _HaltingBlock(_Block):
     """
     unit, head, mapping = self._shared_weights(index, loop_weights)
     with keras.StatelessScope(state_mapping=mapping):
-      flops = unit.flops(tf.shape(x), active)
+      flops = protocols.unit_flops(unit, tf.shape(x), active)
       step = step or self._plain_step(training, unit_active)
       new_x, output = step(unit, x, output)
       mask_shape = self._mask_shape(new_x)
@@ -444,7 +476,7 @@ class _HaltingBlock(_Block):
         def evaluate_head():
           return (self._call_head(head, self._heads_take_active[1], new_x,
                                   unit_active, training),
-                  head.flops(tf.shape(new_x), active))
+                  protocols.head_flops(head, tf.shape(new_x), active))
 
         halting_proba, head_flops = tf.cond(
             index < len(self.halting_heads), evaluate_head,
@@ -458,7 +490,100 @@ class _HaltingBlock(_Block):
     return distribution + weight[..., tf.newaxis] * tf.one_hot(
         index, len(self.units), dtype=weight.dtype)
 
+  def executor(self, training=False):
+    """The `Executor` of units 2..L in a call with `training`."""
+    if training or not self.sparse:
+      return Executor(DENSE_MASKED, not training and self._loop_shares_graph)
+    return Executor(self._sparse_executor(), self._loop_shares_graph)
+
+  def _sparse_executor(self):
+    """The loop of `_sparse_loop` (inference, `sparse=True`)."""
+    raise NotImplementedError
+
+  def _faster_needs(self, loop):
+    """What the executors faster than `loop` need of the layers: a list of
+    (role, layers, method names, executor)."""
+    del loop
+    return []
+
+  def _executor_gaps(self):
+    """Why units 2..L do not run on a faster executor at inference.
+
+    Returns (sentences, the roles, 'units' and / or 'heads', of the layer
+    classes from outside sact_tf that lack a method or the
+    `config_and_weights_only` opt-in that a faster executor needs).
+    """
+    executor = self.executor(training=False)
+    notes = {}  # (role, class) -> what the class lacks, for which executor.
+    user_roles = set()
+
+    def note(role, layer, text):
+      texts = notes.setdefault((role, type(layer)), [])
+      if text not in texts:
+        texts.append(text)
+      if not _from_library(layer):
+        user_roles.add(role)
+
+    for role, layers, names, purpose in self._faster_needs(executor.loop):
+      for layer in layers:
+        missing = protocols.missing_methods(layer, names)
+        if missing:
+          note(role, layer, f'{", ".join(missing)} (for {purpose})')
+    sentences = []
+    if not executor.shared_graph:
+      groups = (('units', self.units[1:]), ('heads', self.halting_heads[1:]))
+      lacking = False
+      for role, layers in groups:
+        for layer in layers:
+          if not protocols.opts_in(layer):
+            lacking = True
+            note(role, layer, 'the opt-in config_and_weights_only = True '
+                 '(for one shared graph)')
+      if not lacking:
+        if all(protocols.shares_graph(layers) for _, layers in groups):
+          sentences.append('graph sharing is turned off for this block')
+        else:
+          sentences.append(
+              'units 2..L or heads 2..L-1 differ in class or config, so they '
+              'cannot share one graph')
+    sentences = [f'{role} of class {cls.__name__} lack ' + _enumerate(texts)
+                 for (role, cls), texts in notes.items()] + sentences
+    return sentences, user_roles
+
+  def _log_executor(self):
+    """Logs, once per block, which executor units 2..L run on and, if a
+    faster one needs what a layer lacks, what: at INFO, or at WARNING where
+    a class from outside sact_tf lacks a method or the opt-in."""
+    if self._executor_logged or len(self.units) < 2:
+      return
+    self._executor_logged = True
+    executor = self.executor(training=False)
+    graph = ('one shared graph run with each unit\'s weights'
+             if executor.shared_graph
+             else 'a graph per unit in a tf.switch_case')
+    settings = '' if self.sparse else 'sparse=False, '
+    message = (f'{type(self).__name__} {self.name!r}: at inference, units '
+               f'2..{len(self.units)} run on executor {executor.loop!r} '
+               f'({settings}{graph}); training-mode calls on executor '
+               f'{DENSE_MASKED!r} (a graph per unit).')
+    sentences, user_roles = self._executor_gaps()
+    if sentences:
+      message += ' Not faster because ' + '; '.join(sentences) + '.'
+    if not user_roles:
+      logging.info('%s', message)
+      return
+    bases = [base for role, base in (('units', 'ResidualUnit'),
+                                     ('heads', 'HaltingHead'))
+             if role in user_roles]
+    message += (
+        ' Add them (see ' + ' and '.join(
+            f'sact_tf.layers.protocols.{base}' for base in bases)
+        + "); set config_and_weights_only only where a layer's computation "
+        'depends on its config and variables alone.')
+    logging.warning('%s', message)
+
   def call(self, inputs, training=None):
+    self._log_executor()
     x, halting_proba, flops, _ = self._evaluate(0, inputs, None, training,
                                                 None)
     state, weight = halting.update(
@@ -550,8 +675,10 @@ class ACTBlock(_HaltingBlock):
 
   Args:
     units: L unit layers following the `unit(x, active)` protocol (see
-      `sact_tf.layers.units`); `active` is a `[B]` bool mask.
-    halting_heads: L-1 layers mapping a state to halting scores `[B]`.
+      `sact_tf.layers.protocols.ResidualUnit`); `active` is a `[B]` bool
+      mask.
+    halting_heads: L-1 layers mapping a state to halting scores `[B]`
+      (`sact_tf.layers.protocols.HaltingHead`).
     eps: the computation halts once the cumulative score reaches 1 - eps.
     sparse: at inference, run the units on the active images only (see the
       module doc). Also set on the units and heads that have a `sparse`
@@ -559,6 +686,17 @@ class ACTBlock(_HaltingBlock):
   """
 
   spatial = False
+
+  def _sparse_executor(self):
+    if all(protocols.supports_residual(unit) for unit in self.units[1:]):
+      return ACT_RESIDUALS
+    return ACT_STATES
+
+  def _faster_needs(self, loop):
+    if loop == ACT_STATES:
+      return [('units', self.units[1:], protocols.RESIDUAL_METHODS,
+               f'executor {ACT_RESIDUALS!r}')]
+    return []
 
   def _sparse_loop(self, x, output, distribution, flops, state, training):
     """Units 2..L on a shrinking working batch of the active images.
@@ -574,8 +712,7 @@ class ACTBlock(_HaltingBlock):
     """
     batch = tf.shape(x)[0]
     loop_weights = self._loop_weights(training)
-    residual_form = all(hasattr(unit, 'dense_residual')
-                        for unit in self.units[1:])
+    residual_form = self._sparse_executor() == ACT_RESIDUALS
     if residual_form:
       output = x
 
@@ -642,9 +779,11 @@ class SACTBlock(_HaltingBlock):
   """Spatially Adaptive Computation Time (paper Algorithm 2).
 
   Args:
-    units: L unit layers following the `unit(x, active)` protocol; `active`
-      is a `[B, H, W]` bool mask and inactive positions keep their value.
-    halting_heads: L-1 layers mapping a state to halting scores `[B, H, W]`.
+    units: L unit layers following the `unit(x, active)` protocol
+      (`sact_tf.layers.protocols.ResidualUnit`); `active` is a `[B, H, W]`
+      bool mask and inactive positions keep their value.
+    halting_heads: L-1 layers mapping a state to halting scores `[B, H, W]`
+      (`sact_tf.layers.protocols.HaltingHead`).
     eps: the computation halts once the cumulative score reaches 1 - eps.
     sparse: at inference, evaluate units and heads at the active positions
       only (see the module doc). Set on the units and heads that have a
@@ -665,6 +804,28 @@ class SACTBlock(_HaltingBlock):
     for layer in self._sparse_capable():
       layer.dense_fraction = self.dense_fraction
 
+  def _sparse_executor(self):
+    if (self._loop_shares_graph
+        and all(protocols.supports_rows(unit) for unit in self.units[1:])
+        and all(protocols.head_supports_rows(head)
+                for head in self.halting_heads[1:])):
+      return SACT_ROW_TABLE
+    if all(protocols.supports_gathered(unit) for unit in self.units[1:]):
+      return SACT_GATHERED
+    return SACT_MASKED_UNITS
+
+  def _faster_needs(self, loop):
+    table = f'executor {SACT_ROW_TABLE!r}'
+    needs = []
+    if loop in (SACT_GATHERED, SACT_MASKED_UNITS):
+      needs += [('units', self.units[1:], protocols.ROW_METHODS, table),
+                ('heads', self.halting_heads[1:], protocols.HEAD_ROW_METHODS,
+                 table)]
+    if loop == SACT_MASKED_UNITS:
+      needs.append(('units', self.units[1:], protocols.GATHERED_METHODS,
+                    f'executor {SACT_GATHERED!r}'))
+    return needs
+
   def _sparse_loop(self, x, output, distribution, flops, state, training):
     """Units 2..L, adding their remainder-weighted residuals to the output.
 
@@ -677,18 +838,10 @@ class SACTBlock(_HaltingBlock):
     Units without `gathered_residual` / `dense_residual` get the plain
     weighted sum instead. (`_table_loop` uses both forms.)
     """
-    if (self._loop_shares_graph
-        and all(hasattr(unit, 'residual_from_rows')
-                and hasattr(unit, 'residual_after_preact')
-                and hasattr(unit, 'preact_affine')
-                and hasattr(unit, 'residual_bias')
-                for unit in self.units[1:])
-        and all(hasattr(head, 'scores_from_rows')
-                for head in self.halting_heads[1:])):
+    executor = self._sparse_executor()
+    if executor == SACT_ROW_TABLE:
       return self._table_loop(x, distribution, flops, state, training)
-    if not all(hasattr(unit, 'gathered_residual')
-               and hasattr(unit, 'dense_residual')
-               for unit in self.units[1:]):
+    if executor == SACT_MASKED_UNITS:
       return self._weighted_sparse_loop(x, output, distribution, flops,
                                         state, training)
 
@@ -842,10 +995,11 @@ class SACTBlock(_HaltingBlock):
       unit, head, mapping = self._shared_weights(index, loop_weights)
       ones = lambda: tf.ones(mask_shape, x.dtype)
       with keras.StatelessScope(state_mapping=mapping):
-        unit_flops = unit.flops(tf.shape(x), active)
+        unit_flops = protocols.unit_flops(unit, tf.shape(x), active)
         if head is not None:
-          unit_flops += tf.where(has_head, head.flops(tf.shape(x), active),
-                                 tf.zeros_like(unit_flops))
+          unit_flops += tf.where(
+              has_head, protocols.head_flops(head, tf.shape(x), active),
+              tf.zeros_like(unit_flops))
 
         def dense_step(everywhere, last=False):
           # `output` holds sum_{m < n-1} p_m x_m (nothing if not started).

@@ -1,8 +1,9 @@
 """Halting heads: map a unit's output state to halting scores in [0, 1].
 
-`head(x)` returns `[B]` (ACT) or `[B, H, W]` (SACT) halting scores, and
-`head.flops(input_shape, active)` the FLOPs per image of evaluating it under
-`active` (None: everywhere).
+Both heads subclass `sact_tf.layers.protocols.HaltingHead`, which states
+what the blocks call. `head(x)` returns `[B]` (ACT) or `[B, H, W]` (SACT)
+halting scores, and `head.flops(input_shape, active)` the FLOPs per image of
+evaluating it under `active` (None: everywhere).
 
 A head whose `call` takes an `active` argument (`SACTHaltingHead`) is told by
 the block where its scores are used: the positions its unit has just
@@ -18,6 +19,7 @@ from sact_tf import architectures
 from sact_tf import flops as flops_lib
 from sact_tf import sparse as sparse_lib
 from sact_tf.layers import common
+from sact_tf.layers import protocols
 
 
 def _pool_and_moments(x):
@@ -25,9 +27,8 @@ def _pool_and_moments(x):
   `[B, P, C]`, the moments as `tf.nn.moments` computes them over B and P.
 
   The mean comes from the pooled means, so the state is read twice (the pool
-  and the squared differences). Plain TF ops: an XLA version of the same
-  took 2-3x as long from ResNet-50's block 2 on (reductions over the middle
-  and outer axes; e.g. 1.47 against 0.46 ms at 4x196x1024, by hand).
+  and the squared differences). Plain TF ops: XLA was slower for these
+  reductions over the middle and outer axes (see docs/performance.md).
   """
   pooled = tf.reduce_mean(x, axis=1)
   mean = tf.reduce_mean(pooled, axis=0)
@@ -156,11 +157,11 @@ def _batch_normalised_taps(x, kernel, gamma, beta, epsilon):
   return list(taps_with_gradient(x, kernel, gamma, beta))
 
 
-class _HaltingHead(keras.layers.Layer):
+class _HaltingHead(protocols.HaltingHead):
   """Shared configuration of the halting heads."""
 
   # Depends on its config and variables only: a block may run one head's
-  # graph with another's weights (see `sact_tf.layers.blocks`).
+  # graph with another's weights (see `sact_tf.layers.protocols`).
   config_and_weights_only = True
 
   def __init__(self, halting_bias_init=-3.0, bn_momentum=0.997,

@@ -1,6 +1,8 @@
 """Pre-activation residual units following the `unit(x, active)` protocol.
 
-A unit is called as `unit(x, active)` and returns the new state:
+Both units subclass `sact_tf.layers.protocols.ResidualUnit`, which states
+what the blocks call. A unit is called as `unit(x, active)` and returns the
+new state:
 
 * `active is None`: the unit is evaluated everywhere (the first unit of a
   block, which may change stride and channels, and every unit of a plain
@@ -33,7 +35,8 @@ branch alone (new state = x + residual, for units under a mask):
 the active positions, and (`BottleneckUnit`) `residual_from_rows(table,
 neighbours)` from rows of the state that `sact_tf.layers.SACTBlock` keeps,
 and `residual_after_preact(preact, training)` from a pre-activation the
-block computes itself (`preact_affine()` gives its batch norm).
+block computes itself (`preact_affine()` gives its batch norm, and
+`residual_bias()` the last convolution's bias).
 """
 
 import keras
@@ -43,6 +46,7 @@ from sact_tf import architectures
 from sact_tf import flops as flops_lib
 from sact_tf import sparse as sparse_lib
 from sact_tf.layers import common
+from sact_tf.layers import protocols
 
 
 def _check_masked(unit, active):
@@ -79,7 +83,7 @@ def _call(unit, x, active, training):
 
 
 @keras.saving.register_keras_serializable('sact_tf')
-class BottleneckUnit(keras.layers.Layer):
+class BottleneckUnit(protocols.ResidualUnit):
   """ImageNet pre-activation bottleneck unit (ResNet v2).
 
   preact = ReLU(BN(x)); shortcut = x (subsampled) when the depth is unchanged,
@@ -100,7 +104,7 @@ class BottleneckUnit(keras.layers.Layer):
   """
 
   # Depends on its config and variables only: a block may run one unit's
-  # graph with another's weights (see `sact_tf.layers.blocks`).
+  # graph with another's weights (see `sact_tf.layers.protocols`).
   config_and_weights_only = True
 
   def __init__(self, depth, depth_bottleneck, stride=1, bn_momentum=0.997,
@@ -281,7 +285,7 @@ class BottleneckUnit(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable('sact_tf')
-class CifarUnit(keras.layers.Layer):
+class CifarUnit(protocols.ResidualUnit):
   """CIFAR pre-activation basic unit, as in the authors' CIFAR models.
 
   preact = leakyReLU(BN(x)); shortcut = preact if `activate_before_residual`
@@ -307,7 +311,7 @@ class CifarUnit(keras.layers.Layer):
   """
 
   # Depends on its config and variables only: a block may run one unit's
-  # graph with another's weights (see `sact_tf.layers.blocks`).
+  # graph with another's weights (see `sact_tf.layers.protocols`).
   config_and_weights_only = True
 
   def __init__(self, depth, stride=1, activate_before_residual=False,
