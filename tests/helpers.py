@@ -1,6 +1,7 @@
 """Pieces several test modules share: a tiny run's config and a mock COCO
 split."""
 
+import numpy as np
 import tensorflow as tf
 
 from sact_tf import train
@@ -18,6 +19,41 @@ def tiny_config(model_dir, **overrides):
       model_dir=str(model_dir), checkpoint_every=2, summary_every=2)
   values.update(overrides)
   return train.ExperimentConfig(**values)
+
+
+def coco_as_dataset(objects, image_shape):
+  """A stand-in for a TFDS COCO builder's `as_dataset` (for
+  `tfds.testing.mock_data(as_dataset_fn=...)`): example i has the objects
+  `objects[i]` = (boxes, labels, is_crowd) and random uint8 pixels of shape
+  `image_shape(i)`, encoded as PNG when the image decoder is skipped."""
+
+  def as_dataset(self, split, decoders=None, read_config=None,
+                 shuffle_files=False):
+    del self, split, read_config, shuffle_files
+    skip_image = bool(decoders) and 'image' in decoders
+
+    def generate():
+      rng = np.random.default_rng(0)
+      for index, (boxes, labels, crowd) in enumerate(objects):
+        image = rng.integers(0, 255, image_shape(index), np.uint8)
+        count = len(labels)
+        yield {
+            'image': (tf.io.encode_png(image).numpy() if skip_image
+                      else image),
+            'image/filename': f'{index}.jpg'.encode(),
+            'image/id': np.int64(100 + index),
+            'objects': {
+                'id': np.arange(count, dtype=np.int64),
+                'area': np.full([count], 900, np.int64),
+                'bbox': np.asarray(boxes, np.float32).reshape(count, 4),
+                'label': np.asarray(labels, np.int64),
+                'is_crowd': np.asarray(crowd, bool),
+            },
+        }
+
+    return coco_dataset(generate, len(objects), skip_image)
+
+  return as_dataset
 
 
 def coco_dataset(generate, count, skip_image=False):
@@ -41,3 +77,25 @@ def coco_dataset(generate, count, skip_image=False):
   dataset = tf.data.Dataset.from_generator(generate,
                                            output_signature=signature)
   return dataset.apply(tf.data.experimental.assert_cardinality(count))
+
+
+class LinearScores:
+  """A halting head's computation for tests, mixed into a Keras layer:
+  sigmoid(x . w + c) per position (SACT) or of the pooled state (ACT), in
+  TensorFlow (`call`) and NumPy (`numpy`, one image)."""
+
+  def __init__(self, weights, offset, spatial, **kwargs):
+    super().__init__(**kwargs)
+    self.w = np.asarray(weights, np.float32)
+    self.c = float(offset)
+    self.spatial = spatial
+
+  def call(self, x):
+    if not self.spatial:
+      x = tf.reduce_mean(x, axis=[1, 2])
+    return tf.sigmoid(tf.tensordot(x, self.w, 1) + self.c)
+
+  def numpy(self, x):
+    if not self.spatial:
+      x = x.mean(axis=(0, 1))
+    return 1 / (1 + np.exp(-(x @ self.w + self.c)))

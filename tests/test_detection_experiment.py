@@ -12,11 +12,11 @@ import tensorflow_datasets as tfds
 from tensorboard.backend.event_processing import event_accumulator
 
 from experiments import coco
-import helpers
 from sact_tf.detection import clutter_detection
 from sact_tf.detection import coco_eval
 from sact_tf.detection import data
 from sact_tf.detection import evaluation
+from tests import helpers
 
 # Base width 4 or more: see tests/test_detection_model.py.
 TINY = ['--model=1,1,1,1', '--base_channels=4', '--rpn_depth=8',
@@ -34,31 +34,8 @@ _COCO_OBJECTS = [
 ]
 
 
-def _coco_as_dataset(self, split, decoders=None, read_config=None,
-                     shuffle_files=False):
-  del self, split, read_config, shuffle_files
-  skip_image = bool(decoders) and 'image' in decoders
-
-  def generate():
-    rng = np.random.default_rng(0)
-    for index, (boxes, labels, crowd) in enumerate(_COCO_OBJECTS):
-      image = rng.integers(0, 255, (40 + 8 * index, 56, 3), np.uint8)
-      count = len(labels)
-      yield {
-          'image': (tf.io.encode_png(image).numpy() if skip_image
-                    else image),
-          'image/filename': f'{index}.jpg'.encode(),
-          'image/id': np.int64(100 + index),
-          'objects': {
-              'id': np.arange(count, dtype=np.int64),
-              'area': np.full([count], 900, np.int64),
-              'bbox': np.asarray(boxes, np.float32).reshape(count, 4),
-              'label': np.asarray(labels, np.int64),
-              'is_crowd': np.asarray(crowd, bool),
-          },
-      }
-
-  return helpers.coco_dataset(generate, len(_COCO_OBJECTS), skip_image)
+_coco_as_dataset = helpers.coco_as_dataset(
+    _COCO_OBJECTS, lambda index: (40 + 8 * index, 56, 3))
 
 
 def _tensors(log_dir, tag):

@@ -5,21 +5,19 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from experiments import cifar10
 from experiments import common
 from experiments import plot_flops
-import helpers
 from sact_tf import train
 from sact_tf.detection import config as detection_config
 from sact_tf.detection import evaluation as detection_evaluation
 from sact_tf.detection import training as detection_training
 from sact_tf.train import checkpointing
 from sact_tf.train import evaluation
+from tests import helpers
 
 NUM_EXAMPLES = 7
 
@@ -225,31 +223,10 @@ def test_a_partial_record_is_no_baseline(run, capsys):
   assert 'is a partial evaluation' in capsys.readouterr().err
 
 
-def _coco_as_dataset(self, split, decoders=None, read_config=None,
-                     shuffle_files=False):
-  """Three COCO-like validation images with one object each."""
-  del self, split, read_config, shuffle_files
-  skip_image = bool(decoders) and 'image' in decoders
-
-  def generate():
-    rng = np.random.default_rng(0)
-    for index in range(3):
-      image = rng.integers(0, 255, (48, 56, 3), np.uint8)
-      yield {
-          'image': (tf.io.encode_png(image).numpy() if skip_image
-                    else image),
-          'image/filename': f'{index}.jpg'.encode(),
-          'image/id': np.int64(100 + index),
-          'objects': {
-              'id': np.zeros([1], np.int64),
-              'area': np.full([1], 900, np.int64),
-              'bbox': np.array([[.1, .1, .6, .5]], np.float32),
-              'label': np.array([index], np.int64),
-              'is_crowd': np.zeros([1], bool),
-          },
-      }
-
-  return helpers.coco_dataset(generate, 3, skip_image)
+# Three COCO-like validation images with one object each.
+_coco_as_dataset = helpers.coco_as_dataset(
+    [([[.1, .1, .6, .5]], [index], [False]) for index in range(3)],
+    lambda index: (48, 56, 3))
 
 
 def _detection_files(model_dir):

@@ -20,6 +20,7 @@ from sact_tf.layers import common
 from sact_tf.layers import heads
 from sact_tf.layers import protocols
 from sact_tf.layers import units
+from tests import helpers
 from tests import reference
 
 CHANNELS = 3
@@ -55,31 +56,11 @@ class SubclassedUnit(_TanhConv, protocols.ResidualUnit):
   """The same unit as a `ResidualUnit`."""
 
 
-class _Linear:
-  """sigmoid(x . w + c) per position (SACT) or of the pooled state (ACT)."""
-
-  def __init__(self, weights, offset, spatial, **kwargs):
-    super().__init__(**kwargs)
-    self.w = np.asarray(weights, np.float32)
-    self.c = float(offset)
-    self.spatial = spatial
-
-  def call(self, x):
-    if not self.spatial:
-      x = tf.reduce_mean(x, axis=[1, 2])
-    return tf.sigmoid(tf.tensordot(x, self.w, 1) + self.c)
-
-  def numpy(self, x):
-    if not self.spatial:
-      x = x.mean(axis=(0, 1))
-    return 1 / (1 + np.exp(-(x @ self.w + self.c)))
-
-
-class PlainHead(_Linear, keras.layers.Layer):
+class PlainHead(helpers.LinearScores, keras.layers.Layer):
   """A Keras layer that knows nothing of `sact_tf`."""
 
 
-class SubclassedHead(_Linear, protocols.HaltingHead):
+class SubclassedHead(helpers.LinearScores, protocols.HaltingHead):
   """The same head as a `HaltingHead`."""
 
 

@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import helpers
 from sact_tf import train
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
 from sact_tf.train import rundir
+from tests import helpers
 
 
 def _config(model_dir, **overrides):

@@ -11,11 +11,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorboard.backend.event_processing import event_accumulator
 
-import helpers
 from sact_tf import train
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
 from sact_tf.train import steps as steps_lib
+from tests import helpers
 
 
 _config = helpers.tiny_config
