@@ -14,7 +14,7 @@ process; run it on a quiet machine.
 2. The in-place row add (`sparse.add_rows`) in a while loop, against
    `tf.tensor_scatter_nd_add`, which copies the state.
 3. The state and output update of a densely evaluated unit in a while loop
-   of 22 units (`blocks._residual_step`: ACT's working batch, and SACT
+   of 22 units (`passes.residual_step`: ACT's working batch, and SACT
    blocks that keep no table; the table loop's dense steps update the
    output from the states instead, see section 4), at block-1 and
    block-3 state sizes: with every position active (TensorFlow's add for
@@ -23,7 +23,7 @@ process; run it on a quiet machine.
 4. A 23-unit SACT block (forced halting) against the plain block, and the
    same block with a graph per unit (`tf.switch_case` over whole units,
    every unit gathering from and scattering into the state, and the dense
-   steps running `_residual_step`).
+   steps running `passes.residual_step`).
 5. ACT: one unit of each ResNet-101 block at 224x224 on 4 images against 8
    (the benchmark's working batch after half the images halt): the residual
    branch alone, as the compacted loop runs it, and the whole unit.
@@ -42,6 +42,7 @@ from benchmarks.sparse_speed import FixedHaltingHead, blob, median_times
 from sact_tf import sparse as sparse_lib
 from sact_tf.layers import blocks as blocks_lib
 from sact_tf.layers import heads as heads_lib
+from sact_tf.layers import passes
 from sact_tf.layers import units as units_lib
 
 HEIGHT, WIDTH, DEPTH, BOTTLENECK, UNITS = 38, 63, 1024, 256, 23
@@ -122,8 +123,8 @@ def add_back_section(x):
 def residual_step_section():
   print('3. State and output update of a dense unit, per loop iteration '
         '(ms); the plain network\'s unit pays the state update only\n'
-        '| state | all active: `_residual_step` | all active: one XLA pass '
-        '| 90 % active: `_residual_step` | 90 % active: plain TF '
+        '| state | all active: `residual_step` | all active: one XLA pass '
+        '| 90 % active: `residual_step` | 90 % active: plain TF '
         '| state update only |\n|---|---:|---:|---:|---:|---:|')
   for shape in ((1, 150, 250, 256), (1, HEIGHT, WIDTH, DEPTH)):
     x = tf.random.normal(shape)
@@ -147,12 +148,12 @@ def residual_step_section():
 
     # pylint: disable=protected-access
     times = medians({
-        'all': loop(lambda x, o: blocks_lib._residual_step(
+        'all': loop(lambda x, o: passes.residual_step(
             x, residual, o, remainder, everywhere)),
         # What the dense steps ran before, with every position active.
         'one pass': loop(lambda x, o: blocks_lib._masked_residual_step(
             x, residual, o, remainder, everywhere)),
-        'masked': loop(lambda x, o: blocks_lib._residual_step(
+        'masked': loop(lambda x, o: passes.residual_step(
             x, residual, o, remainder, active)),
         'plain': loop(plain),
         'state only': loop(lambda x, o: (x + residual, o)),

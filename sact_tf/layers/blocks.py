@@ -62,6 +62,7 @@ import tensorflow as tf
 
 from sact_tf import halting
 from sact_tf import sparse as sparse_lib
+from sact_tf.layers import passes
 from sact_tf.layers import protocols
 
 
@@ -89,23 +90,6 @@ def _layer_list(name, layers):
       raise ValueError(f'{name} must be a list of Keras layers, got '
                        f'{layer!r} among them.')
   return layers
-
-
-def _expand_to_state(weight):
-  while weight.shape.rank < 4:
-    weight = weight[..., tf.newaxis]
-  return weight
-
-
-@tf.function(jit_compile=True)
-def _add_weighted(output, weight, state):
-  """output + weight * state, with `weight` `[B]` or `[B, H, W]`.
-
-  XLA fuses this into one pass over the state instead of a multiply and an
-  add. The sparse loops use it for units without `dense_residual`, and
-  `_residual_step` for the output update where every position is active.
-  """
-  return output + _expand_to_state(weight) * state
 
 
 # The executors of units 2..L (`_HaltingBlock.executor`).
@@ -157,65 +141,6 @@ _Table.__doc__ = """The state around the active positions of `SACTBlock`.
   neighbours: int32 `[n, 9]`, the centres' 3x3 windows in rows + border.
   state_sum: `[B, C]`, the state summed over positions, kept up to date.
 """
-
-
-def _residual_step(x, residual, output, remainder, active=None):
-  """A unit's residual added to the state and, weighted, to the output.
-
-  Returns (x + residual, output + remainder * residual), with `remainder`
-  `[B]` (ACT) or `[B, H, W]` (SACT), and only where `active` (`[B, H, W]`,
-  None: everywhere): the state and output update of the units that
-  `ACTBlock` evaluates densely at inference, and `SACTBlock` where it
-  cannot keep a table. (See `SACTBlock._sparse_loop` for why this sum is
-  the block output.)
-
-  Where every position is active, the state update is TensorFlow's add,
-  which writes into a buffer it no longer needs (an XLA call writes a new
-  one), and only the output update is XLA's (`_add_weighted`, one pass
-  instead of a multiply and an add). With a mask, both updates are one XLA
-  pass (`_masked_residual_step`).
-  """
-  def everywhere():
-    return x + residual, _add_weighted(output, remainder, residual)
-
-  if active is None:
-    return everywhere()
-  return tf.cond(
-      tf.reduce_all(active), everywhere,
-      lambda: _masked_residual_step(x, residual, output, remainder, active))
-
-
-@tf.function(jit_compile=True)
-def _masked_add(x, residual, active):
-  """x + residual where `active` (`[B, H, W]`), x elsewhere, in one pass."""
-  return tf.where(active[..., tf.newaxis], x + residual, x)
-
-
-@tf.function(jit_compile=True)
-def _preact(x, scale, offset):
-  """relu(x * scale + offset), a unit's pre-activation, in one pass."""
-  return tf.nn.relu(x * scale + offset)
-
-
-@tf.function(jit_compile=True)
-def _accumulate(x, weight, output=None, bias=None):
-  """output + weight * x (weight * x where `output` is None), in one pass.
-
-  With `bias` = (w `[B, H, W]`, b `[C]`), (w - 1) * b is added too.
-  """
-  weighted = _expand_to_state(weight) * x
-  if bias is not None:
-    weighted += (_expand_to_state(bias[0]) - 1.0) * bias[1]
-  return weighted if output is None else output + weighted
-
-
-@tf.function(jit_compile=True)
-def _masked_residual_step(x, residual, output, remainder, active):
-  """`_residual_step` where not every position is active, in one pass."""
-  mask = active[..., tf.newaxis]
-  return (tf.where(mask, x + residual, x),
-          output + tf.where(mask, _expand_to_state(remainder), 0.0)
-          * residual)
 
 
 class _Block(keras.layers.Layer):
@@ -589,7 +514,7 @@ class _HaltingBlock(_Block):
     state, weight = halting.update(
         halting.initial_state(self._mask_shape(x), x.dtype), halting_proba,
         self.eps)
-    output = _expand_to_state(weight) * x
+    output = passes.expand_to_state(weight) * x
     distribution = self._distribution_step(0.0, weight, 0)
     if len(self.units) > 1:
       loop = (self._sparse_loop if self.sparse and not training else
@@ -621,7 +546,7 @@ class _HaltingBlock(_Block):
     return self._masked_loop(
         x, output, distribution, flops, state, training,
         lambda output, weight, new_x, active: (
-            output + _expand_to_state(weight) * new_x))
+            output + passes.expand_to_state(weight) * new_x))
 
   def _masked_loop(self, x, output, distribution, flops, state, training,
                    accumulate, make_step=None):
@@ -740,7 +665,7 @@ class ACTBlock(_HaltingBlock):
       step = None
       if residual_form:
         remainder = tf.gather(state.remainder, images)
-        step = lambda unit, x, increments: _residual_step(
+        step = lambda unit, x, increments: passes.residual_step(
             x, unit.dense_residual(x, training), increments, remainder)
       new_x, halting_proba, unit_flops, increments = self._next_unit(
           index, x, state.active, training, None, step, increments,
@@ -752,7 +677,7 @@ class ACTBlock(_HaltingBlock):
       halting_proba.set_shape(state.active.shape)
       new_state, weight = halting.update(state, halting_proba, self.eps)
       if not residual_form:
-        increments = _add_weighted(increments, tf.gather(weight, images),
+        increments = passes.add_weighted(increments, tf.gather(weight, images),
                                    new_x)
       increments.set_shape(x.shape)
       return (index + 1, new_x, increments, images, done,
@@ -856,7 +781,7 @@ class SACTBlock(_HaltingBlock):
                   sparse_lib.add_rows(output, centres, weights * rows))
 
         def dense():
-          return _residual_step(x, unit.dense_residual(x, training), output,
+          return passes.residual_step(x, unit.dense_residual(x, training), output,
                                 remainder, active)
 
         return tf.cond(
@@ -875,15 +800,15 @@ class SACTBlock(_HaltingBlock):
     While at least `dense_fraction` of the positions are active, the units
     run densely, and the output is the weighted sum of the states, one unit
     behind: unit n's pre-activation relu(BN(x_{n-1})) is one pass
-    (`_preact`), made by the step before as soon as x_{n-1} is (not after
+    (`passes.preact`), made by the step before as soon as x_{n-1} is (not after
     that step's halting bookkeeping), and a second pass adds p_{n-1} x_{n-1}
-    to the output (`_accumulate`, a call of its own: one XLA call for both
+    to the output (`passes.accumulate`, a call of its own: one XLA call for both
     ran their loops one after the other, each on one thread). Unit n then
     adds its residual to x_{n-1} as the plain network does (Grappler fuses
     that add into the last convolution, which writes into the state's
     buffer): two elementwise passes over the state per unit in place of
     five (the pre-activation's multiply, add and ReLU, the residual's add
-    and the output update of `_residual_step`). The last unit's weight p_L
+    and the output update of `passes.residual_step`). The last unit's weight p_L
     is known before it runs (the remainder), so its step adds
     (p_{L-1} + p_L) x_{L-1} and, through its last convolution, p_L r_L:
     the output is complete without x_L. (When positions halt before unit
@@ -922,7 +847,7 @@ class SACTBlock(_HaltingBlock):
 
     def add_last_term(output, weight, x, started):
       """output + weight * x; x itself (x_1) before any dense step."""
-      return tf.cond(started, lambda: _add_weighted(output, weight, x),
+      return tf.cond(started, lambda: passes.add_weighted(output, weight, x),
                      lambda: x)
 
     def write_back(x, output, table, had_table, started, weight):
@@ -978,12 +903,12 @@ class SACTBlock(_HaltingBlock):
                            tf.equal(path, sparse_lib.DENSE_MASKED))
 
     def preact_of(index, x):
-      """Unit `index`'s pre-activation relu(BN(x)) (`_preact`)."""
+      """Unit `index`'s pre-activation relu(BN(x)) (`passes.preact`)."""
       unit, _, mapping = self._shared_weights(index, loop_weights)
       with keras.StatelessScope(state_mapping=mapping):
         scale, offset = unit.preact_affine()
       # A static shape: see the Grappler note in `dense_step`.
-      return tf.ensure_shape(_preact(x, scale, offset), x.shape)
+      return tf.ensure_shape(passes.preact(x, scale, offset), x.shape)
 
     def body(index, x, output, preact, table, distribution, flops, state):
       # `preact`: unit `index`'s pre-activation of x where the step before
@@ -1015,8 +940,8 @@ class SACTBlock(_HaltingBlock):
             weight, bias = pending + final, (final, unit.residual_bias())
           # The pre-activation came from the step before (see the doc).
           new_output = tf.cond(
-              started, lambda: _accumulate(x, weight, output, bias),
-              lambda: _accumulate(x, weight, bias=bias))
+              started, lambda: passes.accumulate(x, weight, output, bias),
+              lambda: passes.accumulate(x, weight, bias=bias))
           # Grappler fuses the adds below into the last convolution only
           # where it can tell that the shapes are equal; inside the branch
           # it knows them from these static shapes alone.
@@ -1030,7 +955,7 @@ class SACTBlock(_HaltingBlock):
           if everywhere:
             new_x = tf.ensure_shape(x, x.shape) + residual
           else:
-            new_x = _masked_add(x, residual, active)
+            new_x = passes.masked_add(x, residual, active)
           # The next unit's pre-activation (wasted if the next step is a
           # table step or there is none: once per block at most).
           next_preact = preact_of(index + 1, new_x)
@@ -1130,7 +1055,7 @@ class SACTBlock(_HaltingBlock):
       return tf.cond(
           tf.equal(sparse_lib.choose_path(active, self.dense_fraction),
                    sparse_lib.GATHERED), gathered,
-          lambda: _add_weighted(output, weight, new_x))
+          lambda: passes.add_weighted(output, weight, new_x))
 
     return self._masked_loop(x, output, distribution, flops, state, training,
                              accumulate)
