@@ -396,13 +396,15 @@ def _write_state(directory, prefixes):
 Resume = collections.namedtuple('Resume', ['latest', 'step'])
 
 
-def checkpoint_step(prefix):
-  """The step in a `ckpt-<step>` prefix's name."""
-  return int(prefix.rsplit('-', 1)[1])
+def _resume_from(prefix):
+  """`Resume` of checkpoint `prefix` (`ckpt-<step>`), or (None, 0)."""
+  return Resume(prefix, int(prefix.rsplit('-', 1)[1]) if prefix else 0)
 
 
-def has_checkpoint_files(directory):
-  return bool(find_checkpoints(directory))
+def find_resume(model_dir):
+  """Where a run in `model_dir` resumes, without changing anything there
+  (for the workers of a cluster that do not hold the lock)."""
+  return _resume_from(scan(model_dir).latest)
 
 
 def prepare_resume(model_dir, restart_from_scratch=False):
@@ -464,4 +466,4 @@ def prepare_resume(model_dir, restart_from_scratch=False):
   if result.broken:
     logging.warning('Resuming from %s, the newest intact checkpoint.',
                     result.latest)
-  return Resume(result.latest, checkpoint_step(result.latest))
+  return _resume_from(result.latest)

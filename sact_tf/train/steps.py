@@ -124,9 +124,7 @@ def open_run(config, strategy, config_module, *, allow_changed=False,
     if chief:
       resume = rundir.prepare_resume(config.model_dir, restart_from_scratch)
     else:
-      latest = rundir.scan(config.model_dir).latest
-      resume = rundir.Resume(latest, rundir.checkpoint_step(latest)
-                             if latest else 0)
+      resume = rundir.find_resume(config.model_dir)
     config = config_lib.resume_config(config, saved, resume.step,
                                       allow_changed)
     if chief:
