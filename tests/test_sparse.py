@@ -16,6 +16,7 @@ from sact_tf import flops as flops_lib
 from sact_tf import models
 from sact_tf import sparse
 from sact_tf.layers import blocks
+from sact_tf.layers import executors
 from sact_tf.layers import heads
 from sact_tf.layers import units
 
@@ -470,13 +471,13 @@ def test_gradients_through_the_sparse_path(block_cls):
 
 def test_sact_bottleneck_blocks_run_the_table_loop(monkeypatch):
   calls = []
-  original = blocks.SACTBlock._table_loop
+  original = executors.RUNNERS[executors.SACT_ROW_TABLE]
 
-  def spy(self, *args, **kwargs):
-    calls.append(self.name)
-    return original(self, *args, **kwargs)
+  def spy(context, *args, **kwargs):
+    calls.append(context.num_units)
+    return original(context, *args, **kwargs)
 
-  monkeypatch.setattr(blocks.SACTBlock, '_table_loop', spy)
+  monkeypatch.setitem(executors.RUNNERS, executors.SACT_ROW_TABLE, spy)
   block, x = mixed_halting_case(blocks.SACTBlock)
   expected = assert_sparse_equals_dense(block, x)
   assert calls and len(np.unique(expected['num_units'])) >= 3
