@@ -11,13 +11,18 @@ state's buffer is free.
 Gathering has a cost of its own (index building, gathers, the 9x larger
 im2col rows), so above some active fraction computing everything and masking
 is faster: `choose_path` picks the evaluation, and its threshold
-(`dense_fraction`) is an argument of the units, heads, blocks and models.
+(`dense_fraction`) is an execution setting (`Execution`) of the blocks and
+models, which the units and heads read from `current_execution()`.
 
 Batch norm applied to rows uses the moving statistics only: at inference,
 per-position evaluation is then exact. Training-mode batch statistics over
 gathered positions would differ from those of the dense computation, so
 training-mode calls never gather.
 """
+
+import collections
+import contextlib
+import threading
 
 import tensorflow as tf
 
@@ -50,6 +55,89 @@ def validate_sparse(sparse):
   if not isinstance(sparse, bool):
     raise ValueError(f'sparse must be True or False, got {sparse!r}.')
   return sparse
+
+
+Execution = collections.namedtuple('Execution', ['sparse', 'dense_fraction'])
+Execution.__doc__ = """How layers evaluate under a mask at inference.
+
+  sparse: compute where the computation goes on only (False: compute
+    densely and mask, as in training).
+  dense_fraction: the active fraction of the batch's positions from which
+    units and heads compute densely and mask instead of gathering, in
+    (0, 1].
+"""
+
+DEFAULT_EXECUTION = Execution(True, DEFAULT_DENSE_FRACTION)
+
+_scopes = threading.local()
+
+
+def validate_execution(sparse=None, dense_fraction=None):
+  """(sparse, dense_fraction) checked; None stays None (not set)."""
+  return (None if sparse is None else validate_sparse(sparse),
+          None if dense_fraction is None
+          else validate_dense_fraction(dense_fraction))
+
+
+@contextlib.contextmanager
+def execution(sparse=None, dense_fraction=None):
+  """Execution settings for the layers called (traced) within.
+
+  The outermost setting wins: settings given by an enclosing scope are
+  kept, those it leaves None are taken from here. So a caller's
+  `with execution(sparse=False): model(x)` applies over the settings a
+  model or block was built with (which they enter in their `call`). The
+  settings are read when a layer is traced: a `tf.function` traced under
+  other settings keeps them. They are per thread: enter the scope inside a
+  function that `tf.distribute.Strategy.run` runs.
+
+  Args:
+    sparse: bool or None (keep the enclosing setting or the default).
+    dense_fraction: float in (0, 1] or None.
+  """
+  given = validate_execution(sparse, dense_fraction)
+  stack = getattr(_scopes, 'stack', None)
+  if stack is None:
+    stack = _scopes.stack = []
+  stack.append(given)
+  try:
+    yield
+  finally:
+    stack.pop()
+
+
+def current_execution():
+  """The `Execution` in force: for each setting, the outermost scope's that
+  gives it, else `DEFAULT_EXECUTION`'s."""
+  values = list(DEFAULT_EXECUTION)
+  for field in range(len(values)):
+    for given in getattr(_scopes, 'stack', ()):
+      if given[field] is not None:
+        values[field] = given[field]
+        break
+  return Execution(*values)
+
+
+def drop_legacy_settings(config):
+  """A unit's or head's config without `sparse` / `dense_fraction`, which
+  layers saved by earlier versions carried (they belong to the block or
+  model now)."""
+  config = dict(config)
+  config.pop('sparse', None)
+  config.pop('dense_fraction', None)
+  return config
+
+
+def refuse_layer_settings(owner, kwargs):
+  """Raises a clear error where `sparse` / `dense_fraction` are given to a
+  unit or head (`owner`: its class name)."""
+  given = [name for name in ('sparse', 'dense_fraction') if name in kwargs]
+  if given:
+    raise ValueError(
+        f'{owner} takes no {" / ".join(given)}: execution settings belong '
+        'to the block or model (SACTBlock(..., sparse=..., dense_fraction='
+        '...), ResNet(...)), or to a call made within '
+        'sact_tf.sparse.execution(sparse=..., dense_fraction=...).')
 
 
 def choose_path(active, dense_fraction):

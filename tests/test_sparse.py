@@ -149,17 +149,53 @@ def test_dense_fraction_is_validated(value):
     sparse.validate_dense_fraction(value)
   with pytest.raises(ValueError, match='dense_fraction'):
     units.BottleneckUnit(8, 2, dense_fraction=value)
+  if value is not None:  # None: not set, the enclosing setting holds.
+    with pytest.raises(ValueError, match='dense_fraction'):
+      with sparse.execution(dense_fraction=value):
+        pass
+    with pytest.raises(ValueError, match='dense_fraction'):
+      blocks.SACTBlock([units.BottleneckUnit(8, 2)], [],
+                       dense_fraction=value)
+
+
+def enter_execution(**settings):
+  with sparse.execution(**settings):
+    pass
 
 
 @pytest.mark.parametrize('make', [
-    lambda: units.BottleneckUnit(8, 2, sparse=1),
-    lambda: heads.SACTHaltingHead(sparse='yes'),
-    lambda: blocks.SACTBlock([units.BottleneckUnit(8, 2)], [], sparse=None),
+    lambda: enter_execution(sparse=1),
+    lambda: blocks.ACTBlock([units.BottleneckUnit(8, 2)], [], sparse='yes'),
+    lambda: blocks.SACTBlock([units.BottleneckUnit(8, 2)], [], sparse=0),
     lambda: models.cifar_resnet(1, sparse='no'),
 ])
 def test_sparse_must_be_a_bool(make):
   with pytest.raises(ValueError, match='sparse must be True or False'):
     make()
+
+
+@pytest.mark.parametrize('make', [
+    lambda: units.BottleneckUnit(8, 2, sparse=False),
+    lambda: units.CifarUnit(8, dense_fraction=0.5),
+    lambda: heads.SACTHaltingHead(sparse=True, dense_fraction=0.5),
+])
+def test_units_and_heads_hold_no_execution_settings(make):
+  with pytest.raises(ValueError, match='execution settings belong to the '
+                     'block or model'):
+    make()
+
+
+def test_the_outermost_execution_setting_wins():
+  block = blocks.SACTBlock([units.BottleneckUnit(8, 2)], [], sparse=False,
+                           dense_fraction=0.3)
+  assert sparse.current_execution() == sparse.DEFAULT_EXECUTION
+  assert block.execution() == sparse.Execution(False, 0.3)
+  with sparse.execution(dense_fraction=0.7):
+    assert block.execution() == sparse.Execution(False, 0.7)
+    with sparse.execution(sparse=True, dense_fraction=0.2):
+      assert sparse.current_execution() == sparse.Execution(True, 0.7)
+  assert blocks.ACTBlock([units.CifarUnit(8)], []).execution() == (
+      sparse.DEFAULT_EXECUTION)
 
 
 # --- units and heads ---------------------------------------------------------
@@ -186,28 +222,30 @@ def test_gathered_unit_equals_dense_and_masked(unit_name, size, mask_name):
   unit(x)
   randomise_batch_norms(unit, 7)
   active = MASKS[mask_name](size)
-  unit.sparse = False
-  expected = unit(x, active).numpy()
-  unit.sparse, unit.dense_fraction = True, 1.0
-  actual = unit(x, active).numpy()
+  with sparse.execution(sparse=False):
+    expected = unit(x, active).numpy()
+  with sparse.execution(sparse=True, dense_fraction=1.0):
+    actual = unit(x, active).numpy()
   assert relative_error(actual, expected) <= 1e-5
   # Halted positions keep their values bit for bit.
   inactive = ~active.numpy()
   np.testing.assert_array_equal(actual[inactive], x.numpy()[inactive])
   compiled = tf.function(lambda x, active: unit(x, active))
-  assert relative_error(compiled(x, active).numpy(), expected) <= 1e-5
+  with sparse.execution(dense_fraction=1.0):  # Read when traced.
+    assert relative_error(compiled(x, active).numpy(), expected) <= 1e-5
 
 
 def test_unit_paths_by_density():
-  unit = units.BottleneckUnit(8, 2, dense_fraction=0.5)
+  unit = units.BottleneckUnit(8, 2)
   x = tf.random.normal([2, 6, 6, 8])
   unit(x)
   randomise_batch_norms(unit, 8)
-  for fraction in (0.2, 0.8):
-    active = random_mask([2, 6, 6], fraction, 9)
-    dense = tf.where(active[..., None], unit.dense(x, False), x)
-    assert relative_error(unit(x, active), dense) <= 1e-5
-  np.testing.assert_array_equal(unit(x, MASKS['empty']([2, 6, 6])), x)
+  with sparse.execution(dense_fraction=0.5):
+    for fraction in (0.2, 0.8):
+      active = random_mask([2, 6, 6], fraction, 9)
+      dense = tf.where(active[..., None], unit.dense(x, False), x)
+      assert relative_error(unit(x, active), dense) <= 1e-5
+    np.testing.assert_array_equal(unit(x, MASKS['empty']([2, 6, 6])), x)
 
 
 def test_residual_after_preact_is_the_dense_residual():
@@ -281,8 +319,8 @@ def test_sact_head_taps_match_a_conv_and_gathering(leakiness, size):
   expected = tf.sigmoid(logit[..., 0]).numpy()
   assert relative_error(head(x), expected) <= 1e-5
   active = MASKS['random'](size) | MASKS['corner'](size)
-  head.dense_fraction = 1.0
-  gathered = head(x, active).numpy()
+  with sparse.execution(dense_fraction=1.0):
+    gathered = head(x, active).numpy()
   mask = active.numpy()
   assert relative_error(gathered[mask], expected[mask]) <= 1e-5
   assert np.all(gathered[~mask] == 0)
@@ -338,8 +376,9 @@ def assert_same_block_outputs(actual, expected):
 
 def assert_sparse_equals_dense(block, x):
   dense = clone(block, sparse=False)
-  assert not any(u.sparse for u in dense.units + dense.halting_heads
-                 if hasattr(u, 'sparse'))
+  assert dense.executor().loop == blocks.DENSE_MASKED
+  assert not any('sparse' in layer.get_config()
+                 for layer in dense.units + dense.halting_heads)
   expected = dense(x)
   for call in (block, tf.function(block)):
     assert_same_block_outputs(call(x), expected)
@@ -392,7 +431,7 @@ def test_mixed_halting_sparse_equals_dense(block_cls, dense_fraction):
   block, x = mixed_halting_case(block_cls)
   if block_cls is blocks.SACTBlock:
     block = clone(block, dense_fraction=dense_fraction)
-    assert all(u.dense_fraction == dense_fraction for u in block.units)
+    assert block.execution().dense_fraction == dense_fraction
   expected = assert_sparse_equals_dense(block, x)
   assert len(np.unique(expected['num_units'])) >= 3, 'halting is not mixed'
 
@@ -583,11 +622,17 @@ def test_model_config_carries_the_switches():
                                  dense_fraction=0.6)
   config = model.get_config()
   assert config['sparse'] is False and config['dense_fraction'] == 0.6
+  # Held once, by the model: the blocks, units and heads read them when
+  # the model calls them.
   block = model.blocks[1]
-  assert not block.sparse and block.dense_fraction == 0.6
-  assert not block.units[1].sparse and block.halting_heads[0].sparse is False
-  restored = type(block).from_config(block.get_config())
-  assert not restored.sparse and restored.units[1].dense_fraction == 0.6
+  assert block.sparse is None and block.dense_fraction is None
+  for layer in (block.units[1], block.halting_heads[0]):
+    assert not {'sparse', 'dense_fraction'} & set(layer.get_config())
+  with sparse.execution(model.sparse, model.dense_fraction):
+    assert block.execution() == sparse.Execution(False, 0.6)
+    assert block.executor().loop == blocks.DENSE_MASKED
+  restored = type(model).from_config(config)
+  assert not restored.sparse and restored.dense_fraction == 0.6
 
 
 # --- the benchmark's forced halting ------------------------------------------

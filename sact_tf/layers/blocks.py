@@ -163,7 +163,7 @@ class _HaltingBlock(_Block):
 
   spatial = None
 
-  def __init__(self, units, halting_heads, eps=0.01, sparse=True, **kwargs):
+  def __init__(self, units, halting_heads, eps=0.01, sparse=None, **kwargs):
     super().__init__(units, **kwargs)
     halting_heads = _layer_list('halting_heads', halting_heads)
     if len(halting_heads) != len(self.units) - 1:
@@ -173,26 +173,32 @@ class _HaltingBlock(_Block):
           f'definition), got {len(halting_heads)}.')
     self.halting_heads = halting_heads
     self.eps = halting.validate_eps(eps)
-    self.sparse = sparse_lib.validate_sparse(sparse)
-    for layer in self._sparse_capable():
-      layer.sparse = sparse
+    self.sparse, _ = sparse_lib.validate_execution(sparse)
     self._loop_shares_graph = (protocols.shares_graph(self.units[1:])
                                and protocols.shares_graph(
                                    self.halting_heads[1:]))
     self._executor_logged = False
-
-  def _sparse_capable(self):
-    """The units and heads that can evaluate sparsely (have `sparse`)."""
-    return protocols.sparse_capable(self.units + self.halting_heads)
 
   def build(self, input_shape):
     state_shape = self._build_units(tuple(input_shape))
     for head in self.halting_heads:
       protocols.build(head, state_shape)
 
+  def _settings(self):
+    """The block's own execution settings (None: not set)."""
+    return self.sparse, None
+
+  def execution(self):
+    """The `sact_tf.sparse.Execution` a call made here would run with:
+    an enclosing `sact_tf.sparse.execution` scope's settings, else the
+    block's, else the defaults."""
+    with sparse_lib.execution(*self._settings()):
+      return sparse_lib.current_execution()
+
   def executor(self, training=False):
-    """The `Executor` of units 2..L in a call with `training`."""
-    if training or not self.sparse:
+    """The `Executor` of units 2..L in a call with `training` made here
+    (see `execution`)."""
+    if training or not self.execution().sparse:
       return Executor(DENSE_MASKED, not training and self._loop_shares_graph)
     return Executor(self._sparse_executor(), self._loop_shares_graph)
 
@@ -261,7 +267,7 @@ class _HaltingBlock(_Block):
     graph = ('one shared graph run with each unit\'s weights'
              if executor.shared_graph
              else 'a graph per unit in a tf.switch_case')
-    settings = '' if self.sparse else 'sparse=False, '
+    settings = '' if self.execution().sparse else 'sparse=False, '
     message = (f'{type(self).__name__} {self.name!r}: at inference, units '
                f'2..{len(self.units)} run on executor {executor.loop!r} '
                f'({settings}{graph}); training-mode calls on executor '
@@ -283,9 +289,14 @@ class _HaltingBlock(_Block):
     logging.warning('%s', message)
 
   def call(self, inputs, training=None):
+    with sparse_lib.execution(*self._settings()):
+      return self._call(inputs, training)
+
+  def _call(self, inputs, training):
     self._log_executor()
     executor = self.executor(training)
-    context = executors.LoopContext(self, training, executor.shared_graph)
+    context = executors.LoopContext(self, training, executor.shared_graph,
+                                    sparse_lib.current_execution())
     x, halting_proba, flops = context.first_unit(self, inputs)
     state, weight = halting.update(
         halting.initial_state(context.mask_shape(x), x.dtype), halting_proba,
@@ -338,8 +349,8 @@ class ACTBlock(_HaltingBlock):
       (`sact_tf.layers.protocols.HaltingHead`).
     eps: the computation halts once the cumulative score reaches 1 - eps.
     sparse: at inference, run the units on the active images only (see the
-      module doc). Also set on the units and heads that have a `sparse`
-      attribute.
+      module doc); None (the default): from the enclosing model or
+      `sact_tf.sparse.execution` scope, else True.
   """
 
   spatial = False
@@ -368,23 +379,28 @@ class SACTBlock(_HaltingBlock):
       (`sact_tf.layers.protocols.HaltingHead`).
     eps: the computation halts once the cumulative score reaches 1 - eps.
     sparse: at inference, evaluate units and heads at the active positions
-      only (see the module doc). Set on the units and heads that have a
-      `sparse` attribute (`BottleneckUnit`, `CifarUnit`, `SACTHaltingHead`).
+      only (see the module doc); None (the default): from the enclosing
+      model or `sact_tf.sparse.execution` scope, else True. The units and
+      heads read it when called (`sact_tf.sparse.current_execution()`).
     dense_fraction: active fraction of the batch's positions from which
       units, heads and the block compute densely and mask instead, in
-      (0, 1]; set on the units and heads like `sparse`. The sparse loop
+      (0, 1]; None: as `sparse` (default
+      `sact_tf.sparse.DEFAULT_DENSE_FRACTION`). The row-table executor
       computes densely until the active fraction first falls below it and
-      on the table of rows from then on (see `_table_loop`).
+      on the table of rows from then on
+      (`sact_tf.layers.executors.sact_table`).
   """
 
   spatial = True
 
-  def __init__(self, units, halting_heads, eps=0.01, sparse=True,
-               dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
+  def __init__(self, units, halting_heads, eps=0.01, sparse=None,
+               dense_fraction=None, **kwargs):
     super().__init__(units, halting_heads, eps=eps, sparse=sparse, **kwargs)
-    self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
-    for layer in self._sparse_capable():
-      layer.dense_fraction = self.dense_fraction
+    _, self.dense_fraction = sparse_lib.validate_execution(
+        dense_fraction=dense_fraction)
+
+  def _settings(self):
+    return self.sparse, self.dense_fraction
 
   def _sparse_executor(self):
     if (self._loop_shares_graph

@@ -251,22 +251,20 @@ class SACTHaltingHead(_HaltingHead):
   bias. With the 3x3 weights at zero every position gets the same score and
   the head equals `ACTHaltingHead`.
 
-  Called as `head(x, active)` with batch norm in inference mode and
-  `sparse=True`, the local term is computed at the `active` positions only
+  Called as `head(x, active)` with batch norm in inference mode and the
+  execution setting `sparse=True` (`sact_tf.sparse.current_execution()`,
+  which the blocks and models set), the local term is computed at the `active` positions only
   and the other scores are zero, unless at least `dense_fraction` of the
   batch's positions are active. The 3x3 conv to one channel runs as a matmul
   to its 9 taps, summed over each position's neighbours; it equals the
   `local_conv` layer (whose variables it uses) up to float rounding.
 
-  Args: as `ACTHaltingHead`, and `sparse`, `dense_fraction` as for
-  `sact_tf.layers.BottleneckUnit`.
+  Args: as `ACTHaltingHead`.
   """
 
-  def __init__(self, sparse=True,
-               dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
+  def __init__(self, **kwargs):
+    sparse_lib.refuse_layer_settings(type(self).__name__, kwargs)
     super().__init__(**kwargs)
-    self.sparse = sparse_lib.validate_sparse(sparse)
-    self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     self.local_bn = common.batch_norm('local_bn', self.bn_momentum,
                                       self.bn_epsilon)
     self.local_conv = common.conv(
@@ -290,10 +288,11 @@ class SACTHaltingHead(_HaltingHead):
       return self._training_scores(x)
     global_logit = self._global_logit(x, training)
     dense = lambda: self._dense(x, global_logit, training)
-    if active is None or training or not self.sparse:
+    settings = sparse_lib.current_execution()
+    if active is None or training or not settings.sparse:
       return dense()
     return tf.switch_case(
-        sparse_lib.choose_path(active, self.dense_fraction), {
+        sparse_lib.choose_path(active, settings.dense_fraction), {
             sparse_lib.NOTHING_ACTIVE: lambda: tf.zeros_like(x[..., 0]),
             sparse_lib.ALL_ACTIVE: dense,
             sparse_lib.DENSE_MASKED: dense,
@@ -405,8 +404,3 @@ class SACTHaltingHead(_HaltingHead):
                                               input_shape[2])
     return (flops_lib.conv_flops(num_active, 3, self.channels, 1)
             + flops_lib.any_active(active) * global_flops)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(sparse=self.sparse, dense_fraction=self.dense_fraction)
-    return config

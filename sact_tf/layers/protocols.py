@@ -20,6 +20,8 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from sact_tf import sparse as sparse_lib
+
 # Optional unit methods, by the executor that needs them.
 RESIDUAL_METHODS = ('dense_residual',)
 GATHERED_METHODS = ('gathered_residual', 'dense_residual')
@@ -119,11 +121,18 @@ class ResidualUnit(keras.layers.Layer):
       a `tf.switch_case` over a graph per unit (slower: every loop step
       visits every branch). A layer with Python-side state must not set
       it.
-    sparse, dense_fraction: a unit that has a `sparse` attribute gets the
-      block's `sparse` (and `SACTBlock`'s `dense_fraction`) set on it.
+
+  Execution settings: a unit that chooses how to evaluate under a mask
+  reads `sact_tf.sparse.current_execution()` (`sparse`, `dense_fraction`)
+  when it is called; the block and model set them, the unit holds none.
   """
 
   config_and_weights_only = False
+
+  @classmethod
+  def from_config(cls, config):
+    # Units saved by earlier versions carried the execution settings.
+    return cls(**sparse_lib.drop_legacy_settings(config))
 
   def call(self, x, active=None, training=None):
     """The new state; see the class doc."""
@@ -172,11 +181,15 @@ class HaltingHead(keras.layers.Layer):
       row, column), `pooled` `[B, C]` the spatial mean of each image's
       state.
 
-  Optional attributes: `config_and_weights_only`, `sparse`, `dense_fraction`
-  as for `ResidualUnit`.
+  Optional attribute: `config_and_weights_only`, and the execution
+  settings, as for `ResidualUnit`.
   """
 
   config_and_weights_only = False
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**sparse_lib.drop_legacy_settings(config))
 
   def call(self, x, training=None):
     """The halting scores; see the class doc."""
@@ -313,12 +326,6 @@ def head_takes_active(head):
   """Whether the blocks pass the mask to `head`: its `call` has a parameter
   named `active`."""
   return 'active' in inspect.signature(head.call).parameters
-
-
-def sparse_capable(layers):
-  """The layers of `layers` that have a `sparse` attribute, which the blocks
-  set (with `dense_fraction`, for `SACTBlock`)."""
-  return [layer for layer in layers if hasattr(layer, 'sparse')]
 
 
 def missing_methods(layer, names):

@@ -16,7 +16,9 @@ when `active is None`, else `[B]`) of evaluating the unit under `active`, by
 the paper's convention: the first 1x1 conv over the active set dilated by a
 3x3 window, the other convs over the active set.
 
-Sparse evaluation (`sparse=True`, the default): under a mask, a unit with
+Sparse evaluation (the execution setting `sparse=True` of
+`sact_tf.sparse.current_execution()`, which the blocks and models set; the
+default): under a mask, a unit with
 nothing active returns `x`, and one with everything active computes densely
 without masking. Otherwise, with batch norm in inference mode (`training`
 falsy) and a `[B, H, W]` mask, it computes its residual only where it is
@@ -28,6 +30,7 @@ evaluation up to float rounding. Training-mode calls and `[B]` masks (ACT)
 compute densely and mask: batch statistics over gathered positions would
 differ from those of the dense computation, and `sact_tf.layers.ACTBlock`
 compacts its batch itself. `sparse=False` always computes densely and masks.
+A unit holds no execution settings of its own.
 
 For the blocks' inference loops the units also give their residual
 branch alone (new state = x + residual, for units under a mask):
@@ -69,11 +72,12 @@ def _call(unit, x, active, training):
   active = tf.convert_to_tensor(active)
   _check_masked(unit, active)
   masked = lambda: common.mask_state(unit.dense(x, training), x, active)
-  if not unit.sparse:
+  settings = sparse_lib.current_execution()
+  if not settings.sparse:
     return masked()
   gathers = active.shape.rank == 3 and not training
   return tf.switch_case(
-      sparse_lib.choose_path(active, unit.dense_fraction), {
+      sparse_lib.choose_path(active, settings.dense_fraction), {
           sparse_lib.NOTHING_ACTIVE: lambda: x,
           sparse_lib.ALL_ACTIVE: lambda: unit.dense(x, training),
           sparse_lib.DENSE_MASKED: masked,
@@ -97,10 +101,6 @@ class BottleneckUnit(protocols.ResidualUnit):
     stride: stride of the 3x3 conv and of the shortcut.
     bn_momentum, bn_epsilon: batch norm settings (0.997, 1e-5 for ImageNet).
     weight_decay: Keras L2 factor on conv kernels.
-    sparse: evaluate only where needed under a mask (see the module doc).
-    dense_fraction: active fraction of the batch's positions from which a
-      sparse unit computes densely and masks instead of gathering, in
-      (0, 1].
   """
 
   # Depends on its config and variables only: a block may run one unit's
@@ -108,8 +108,8 @@ class BottleneckUnit(protocols.ResidualUnit):
   config_and_weights_only = True
 
   def __init__(self, depth, depth_bottleneck, stride=1, bn_momentum=0.997,
-               bn_epsilon=1e-5, weight_decay=0.0, sparse=True,
-               dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
+               bn_epsilon=1e-5, weight_decay=0.0, **kwargs):
+    sparse_lib.refuse_layer_settings(type(self).__name__, kwargs)
     super().__init__(**kwargs)
     self.depth = architectures.positive_int('depth', depth)
     self.depth_bottleneck = architectures.positive_int('depth_bottleneck',
@@ -118,8 +118,6 @@ class BottleneckUnit(protocols.ResidualUnit):
     self.bn_momentum, self.bn_epsilon = architectures.validate_batch_norm(
         bn_momentum, bn_epsilon)
     self.weight_decay = architectures.validate_weight_decay(weight_decay)
-    self.sparse = sparse_lib.validate_sparse(sparse)
-    self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     bn = lambda name: common.batch_norm(name, self.bn_momentum,
                                         self.bn_epsilon)
     self.preact = bn('preact')
@@ -279,8 +277,7 @@ class BottleneckUnit(protocols.ResidualUnit):
     config = super().get_config()
     config.update(depth=self.depth, depth_bottleneck=self.depth_bottleneck,
                   stride=self.stride, bn_momentum=self.bn_momentum,
-                  bn_epsilon=self.bn_epsilon, weight_decay=self.weight_decay,
-                  sparse=self.sparse, dense_fraction=self.dense_fraction)
+                  bn_epsilon=self.bn_epsilon, weight_decay=self.weight_decay)
     return config
 
 
@@ -307,7 +304,6 @@ class CifarUnit(protocols.ResidualUnit):
     double_activation: apply the leaky ReLU twice after the first conv.
     bn_momentum, bn_epsilon: batch norm settings (0.9, 1e-3 for CIFAR).
     weight_decay: Keras L2 factor on conv kernels.
-    sparse, dense_fraction: as for `BottleneckUnit`.
   """
 
   # Depends on its config and variables only: a block may run one unit's
@@ -316,8 +312,8 @@ class CifarUnit(protocols.ResidualUnit):
 
   def __init__(self, depth, stride=1, activate_before_residual=False,
                leakiness=0.1, double_activation=True, bn_momentum=0.9,
-               bn_epsilon=1e-3, weight_decay=0.0, sparse=True,
-               dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION, **kwargs):
+               bn_epsilon=1e-3, weight_decay=0.0, **kwargs):
+    sparse_lib.refuse_layer_settings(type(self).__name__, kwargs)
     super().__init__(**kwargs)
     self.depth = architectures.positive_int('depth', depth)
     self.stride = architectures.validate_stride(stride)
@@ -329,8 +325,6 @@ class CifarUnit(protocols.ResidualUnit):
     self.bn_momentum, self.bn_epsilon = architectures.validate_batch_norm(
         bn_momentum, bn_epsilon)
     self.weight_decay = architectures.validate_weight_decay(weight_decay)
-    self.sparse = sparse_lib.validate_sparse(sparse)
-    self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     self.preact = common.batch_norm('preact', self.bn_momentum,
                                     self.bn_epsilon)
     self.conv1 = common.conv(self.depth, 3, 'conv1', strides=self.stride,
@@ -434,6 +428,5 @@ class CifarUnit(protocols.ResidualUnit):
                   leakiness=self.leakiness,
                   double_activation=self.double_activation,
                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                  weight_decay=self.weight_decay, sparse=self.sparse,
-                  dense_fraction=self.dense_fraction)
+                  weight_decay=self.weight_decay)
     return config

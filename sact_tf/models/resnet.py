@@ -33,12 +33,11 @@ def _make_block(model, units, make_head, name):
     return blocks_lib.ResNetBlock(units, name=name)
   halting_heads = [make_head(f'unit_{i + 1}_halting')
                    for i in range(len(units) - 1)]
+  # The blocks take the execution settings from the model (`features`).
   if model.model_type == 'act':
     return blocks_lib.ACTBlock(units, halting_heads, eps=model.eps,
-                               sparse=model.sparse, name=name)
-  return blocks_lib.SACTBlock(units, halting_heads, eps=model.eps,
-                              sparse=model.sparse,
-                              dense_fraction=model.dense_fraction, name=name)
+                               name=name)
+  return blocks_lib.SACTBlock(units, halting_heads, eps=model.eps, name=name)
 
 
 @keras.saving.register_keras_serializable('sact_tf')
@@ -75,6 +74,9 @@ class ResNet(keras.Model):
       which units compute densely and mask instead of gathering, in (0, 1]
       (`sact_tf.sparse.DEFAULT_DENSE_FRACTION` was measured as the
       break-even on a CPU).
+    The model holds its execution settings (`sparse`, `dense_fraction`)
+    once; its blocks, units and heads read them when called. A call within
+    `sact_tf.sparse.execution(...)` overrides them for that call.
   """
 
   def __init__(self, family, units, model_type='sact', num_classes=1001,
@@ -228,7 +230,8 @@ class ResNet(keras.Model):
     outputs = {}
     ponder_cost = 0.0
     for block in self.blocks[:num_blocks]:
-      block_out = block(x, training=training)
+      with sparse_lib.execution(self.sparse, self.dense_fraction):
+        block_out = block(x, training=training)
       x = block_out['output']
       flops += block_out['flops']
       for key in _BLOCK_KEYS:

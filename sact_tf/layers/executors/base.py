@@ -88,18 +88,19 @@ class LoopContext:
     units, heads: the block's units and halting heads.
     eps: the halting threshold is 1 - eps.
     spatial: True for SACT (a halting state per position), False for ACT.
-    dense_fraction: SACT: the active fraction from which units run densely.
+    dense_fraction: SACT: the active fraction from which units run densely
+      (the call's `sact_tf.sparse.Execution`).
     training: the Keras training flag of the call.
     weights: a `streaming.LoopWeights` where units 2..L run as one graph,
       else None (a graph per unit).
   """
 
-  def __init__(self, block, training, shared_graph):
+  def __init__(self, block, training, shared_graph, execution):
     self.units = block.units
     self.heads = block.halting_heads
     self.eps = block.eps
     self.spatial = block.spatial
-    self.dense_fraction = getattr(block, 'dense_fraction', None)
+    self.dense_fraction = execution.dense_fraction
     self.training = training
     self.num_units = len(self.units)
     self._heads_take_active = [protocols.head_takes_active(head)
