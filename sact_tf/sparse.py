@@ -230,12 +230,14 @@ def conv_rows(conv, rows):
   """A stride-1 Keras `Conv2D` applied to rows.
 
   `rows` is `[n, C_in]` for a 1x1 conv, `[n, 9 * C_in]` (`im2col`) for a 3x3
-  conv; the result is `[n, C_out]`, the conv's output at those positions.
+  conv; the result is `[n, C_out]`, the conv's output at those positions,
+  in the rows' dtype (float32 variables of a mixed-precision policy are
+  cast to it).
   """
-  kernel = tf.reshape(conv.kernel, [-1, conv.filters])
+  kernel = tf.cast(tf.reshape(conv.kernel, [-1, conv.filters]), rows.dtype)
   out = tf.matmul(rows, kernel)
   if conv.use_bias:
-    out = tf.nn.bias_add(out, conv.bias)
+    out = tf.nn.bias_add(out, tf.cast(conv.bias, rows.dtype))
   return out
 
 
@@ -252,16 +254,22 @@ def add_rows(x, positions, rows):
                                             updates=rows)
 
 
-def batch_norm_affine(batch_norm):
+def batch_norm_affine(batch_norm, dtype=None):
   """(scale, offset) `[C]` of a Keras `BatchNormalization` at inference:
-  the layer maps x to `x * scale + offset` with its moving statistics."""
-  scale = tf.math.rsqrt(batch_norm.moving_variance + batch_norm.epsilon)
+  the layer maps x to `x * scale + offset` with its moving statistics.
+
+  Computed from the variables' values (float32 under a mixed-precision
+  policy) and cast to `dtype` (default: the layer's compute dtype).
+  """
+  scale = tf.math.rsqrt(tf.convert_to_tensor(batch_norm.moving_variance)
+                        + batch_norm.epsilon)
   if batch_norm.gamma is not None:
-    scale *= batch_norm.gamma
-  offset = -batch_norm.moving_mean * scale
+    scale *= tf.cast(batch_norm.gamma, scale.dtype)
+  offset = -tf.convert_to_tensor(batch_norm.moving_mean) * scale
   if batch_norm.beta is not None:
-    offset += batch_norm.beta
-  return scale, offset
+    offset += tf.cast(batch_norm.beta, offset.dtype)
+  dtype = dtype or batch_norm.compute_dtype
+  return tf.cast(scale, dtype), tf.cast(offset, dtype)
 
 
 def batch_norm_rows(batch_norm, rows):
@@ -273,5 +281,5 @@ def batch_norm_rows(batch_norm, rows):
   `FusedBatchNormV3` on rows (measured by hand; see the performance
   findings in WORKSPACE_NOTES.md).
   """
-  scale, offset = batch_norm_affine(batch_norm)
+  scale, offset = batch_norm_affine(batch_norm, rows.dtype)
   return rows * scale + offset

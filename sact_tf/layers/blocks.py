@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from sact_tf import halting
 from sact_tf import sparse as sparse_lib
+from sact_tf.layers import common
 from sact_tf.layers import executors
 from sact_tf.layers import protocols
 from sact_tf.layers.output_sum import OutputSum
@@ -289,7 +290,8 @@ class _HaltingBlock(_Block):
     logging.warning('%s', message)
 
   def call(self, inputs, training=None):
-    with sparse_lib.execution(*self._settings()):
+    # Variables read as their own dtype (see `common.exact_variables`).
+    with sparse_lib.execution(*self._settings()), common.exact_variables():
       return self._call(inputs, training)
 
   def _call(self, inputs, training):
@@ -299,7 +301,8 @@ class _HaltingBlock(_Block):
                                     sparse_lib.current_execution())
     x, halting_proba, flops = context.first_unit(self, inputs)
     state, weight = halting.update(
-        halting.initial_state(context.mask_shape(x), x.dtype), halting_proba,
+        halting.initial_state(context.mask_shape(x), tf.float32),
+        halting_proba,
         self.eps)
     output = OutputSum.start(x, weight, OutputSum.STATES)
     distribution = executors.base.distribution_step(0.0, weight, 0,

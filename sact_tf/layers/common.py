@@ -1,24 +1,46 @@
 """Small building blocks shared by units, heads and models."""
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
 
+def exact_variables():
+  """A scope in which Keras variables read as their own dtype.
+
+  Within a layer called under a mixed-precision policy, Keras casts float
+  variables to that layer's compute dtype when they are read. The halting
+  blocks enter this scope: each unit and head they call enters its own
+  (Keras does that), and the methods the executors call directly cast what
+  they read themselves, so a float32 halting head reads float32 weights.
+  (`autocast=False` on a layer does not do this where no outer scope is
+  active.)
+  """
+  try:
+    from keras.src.backend import AutocastScope  # pylint: disable=g-import-not-at-top
+  except ImportError:  # Moved in a later Keras: variables read as they come.
+    return contextlib.nullcontext()
+  return AutocastScope(None)
+
+
 def conv(filters, kernel_size, name, strides=1, use_bias=True,
-         weight_decay=0.0, bias_initializer='zeros', padding='same'):
-  """A He-initialised, L2-regularised `Conv2D` (kernel `[k, k, C_in, C_out]`)."""
+         weight_decay=0.0, bias_initializer='zeros', padding='same',
+         dtype=None):
+  """A He-initialised, L2-regularised `Conv2D` (kernel `[k, k, C_in, C_out]`);
+  `dtype`: its dtype policy (None: the global one)."""
   return keras.layers.Conv2D(
       filters, kernel_size, strides=strides, padding=padding,
       use_bias=use_bias, kernel_initializer='he_normal',
       bias_initializer=bias_initializer,
       kernel_regularizer=(keras.regularizers.L2(weight_decay)
                           if weight_decay else None),
-      name=name)
+      name=name, dtype=dtype)
 
 
-def batch_norm(name, momentum, epsilon):
+def batch_norm(name, momentum, epsilon, dtype=None):
   return keras.layers.BatchNormalization(
-      momentum=momentum, epsilon=epsilon, name=name)
+      momentum=momentum, epsilon=epsilon, name=name, dtype=dtype)
 
 
 def fixed_padding(x, kernel_size):

@@ -5,6 +5,12 @@ what the blocks call. `head(x)` returns `[B]` (ACT) or `[B, H, W]` (SACT)
 halting scores, and `head.flops(input_shape, active)` the FLOPs per image of
 evaluating it under `active` (None: everywhere).
 
+Under a mixed-precision policy the heads compute in float32 (their dtype
+policy is float32 unless one is given): Keras casts the state they are
+called on, and the scores, which the halting bookkeeping accumulates, keep
+float32's precision, so halting decisions match those of a float32 model
+(a head costs a small fraction of its unit).
+
 A head whose `call` takes an `active` argument (`SACTHaltingHead`) is told by
 the block where its scores are used: the positions its unit has just
 evaluated. Elsewhere its scores may be anything in [0, 1].
@@ -166,6 +172,7 @@ class _HaltingHead(protocols.HaltingHead):
 
   def __init__(self, halting_bias_init=-3.0, bn_momentum=0.997,
                bn_epsilon=1e-5, leakiness=None, weight_decay=0.0, **kwargs):
+    kwargs.setdefault('dtype', 'float32')
     super().__init__(**kwargs)
     self.halting_bias_init = architectures.finite_float(
         'halting_bias_init', halting_bias_init, ' (the initial halting logit)')
@@ -221,10 +228,11 @@ class ACTHaltingHead(_HaltingHead):
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
     self.global_bn = common.batch_norm('global_bn', self.bn_momentum,
-                                       self.bn_epsilon)
+                                       self.bn_epsilon, self.dtype_policy)
     self.global_conv = common.conv(
         1, 1, 'global_conv', weight_decay=self.weight_decay,
-        bias_initializer=keras.initializers.Constant(self.halting_bias_init))
+        bias_initializer=keras.initializers.Constant(self.halting_bias_init),
+        dtype=self.dtype_policy)
 
   def build(self, input_shape):
     self.channels = int(input_shape[-1])
@@ -265,15 +273,18 @@ class SACTHaltingHead(_HaltingHead):
   def __init__(self, **kwargs):
     sparse_lib.refuse_layer_settings(type(self).__name__, kwargs)
     super().__init__(**kwargs)
+    policy = self.dtype_policy
     self.local_bn = common.batch_norm('local_bn', self.bn_momentum,
-                                      self.bn_epsilon)
+                                      self.bn_epsilon, policy)
     self.local_conv = common.conv(
         1, 3, 'local_conv', weight_decay=self.weight_decay,
-        bias_initializer=keras.initializers.Constant(self.halting_bias_init))
+        bias_initializer=keras.initializers.Constant(self.halting_bias_init),
+        dtype=policy)
     self.global_bn = common.batch_norm('global_bn', self.bn_momentum,
-                                       self.bn_epsilon)
+                                       self.bn_epsilon, policy)
     self.global_conv = common.conv(1, 1, 'global_conv', use_bias=False,
-                                   weight_decay=self.weight_decay)
+                                   weight_decay=self.weight_decay,
+                                   dtype=policy)
 
   def build(self, input_shape):
     self.channels = int(input_shape[-1])
@@ -380,7 +391,9 @@ class SACTHaltingHead(_HaltingHead):
     Returns:
       `[n]`, the scores at the centres.
     """
-    global_logit = self._global_logit(None, False, pooled)
+    dtype = self.compute_dtype
+    table = [tf.cast(rows, dtype) for rows in sparse_lib.row_blocks(table)]
+    global_logit = self._global_logit(None, False, tf.cast(pooled, dtype))
     return tf.sigmoid(self._logits_from_rows(table, neighbours, centres,
                                              global_logit))
 

@@ -39,7 +39,7 @@ class OutputSum:
     """The output after unit 1 (state `x1`, weight `p1`) in `form`."""
     if form == OutputSum.RESIDUALS:
       return x1
-    return passes.expand_to_state(p1) * x1
+    return passes.expand_to_state(p1, x1.dtype) * x1
 
   @staticmethod
   def add_state(output, weight, x, fused=True):
@@ -48,7 +48,7 @@ class OutputSum:
     `fused`."""
     if fused:
       return passes.add_weighted(output, weight, x)
-    return output + passes.expand_to_state(weight) * x
+    return output + passes.expand_to_state(weight, x.dtype) * x
 
   @staticmethod
   def add_residual(x, residual, output, remainder, active=None):
@@ -61,7 +61,8 @@ class OutputSum:
     """RESIDUALS with a residual computed at positions `centres` (int64
     `[n, 3]`) only: `rows` `[n, C]` added to x there, and scaled by the
     remainder to the output."""
-    weights = tf.gather_nd(remainder, centres)[:, tf.newaxis]
+    weights = tf.cast(tf.gather_nd(remainder, centres), rows.dtype)[
+        :, tf.newaxis]
     return (sparse_lib.add_rows(x, centres, rows),
             sparse_lib.add_rows(output, centres, weights * rows))
 

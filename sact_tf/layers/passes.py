@@ -10,7 +10,12 @@ for every new number of active positions.
 import tensorflow as tf
 
 
-def expand_to_state(weight):
+def expand_to_state(weight, dtype=None):
+  """`weight` (`[B]` or `[B, H, W]`, float32: the halting bookkeeping's
+  dtype) broadcastable to a `[B, H, W, C]` state, cast to `dtype` (the
+  state's, which a mixed-precision policy makes float16 or bfloat16)."""
+  if dtype is not None:
+    weight = tf.cast(weight, dtype)
   while weight.shape.rank < 4:
     weight = weight[..., tf.newaxis]
   return weight
@@ -24,7 +29,7 @@ def add_weighted(output, weight, state):
   add. The sparse loops use it for units without `dense_residual`, and
   `residual_step` for the output update where every position is active.
   """
-  return output + expand_to_state(weight) * state
+  return output + expand_to_state(weight, state.dtype) * state
 
 
 def residual_step(x, residual, output, remainder, active=None):
@@ -34,7 +39,7 @@ def residual_step(x, residual, output, remainder, active=None):
   `[B]` (ACT) or `[B, H, W]` (SACT), and only where `active` (`[B, H, W]`,
   None: everywhere): the state and output update of the units that
   `ACTBlock` evaluates densely at inference, and `SACTBlock` where it
-  cannot keep a table. (See `SACTBlock._sparse_loop` for why this sum is
+  cannot keep a table. (See `sact_tf.layers.output_sum` for why this sum is
   the block output.)
 
   Where every position is active, the state update is TensorFlow's add,
@@ -71,9 +76,9 @@ def accumulate(x, weight, output=None, bias=None):
 
   With `bias` = (w `[B, H, W]`, b `[C]`), (w - 1) * b is added too.
   """
-  weighted = expand_to_state(weight) * x
+  weighted = expand_to_state(weight, x.dtype) * x
   if bias is not None:
-    weighted += (expand_to_state(bias[0]) - 1.0) * bias[1]
+    weighted += (expand_to_state(bias[0], x.dtype) - 1.0) * bias[1]
   return weighted if output is None else output + weighted
 
 
@@ -82,5 +87,5 @@ def masked_residual_step(x, residual, output, remainder, active):
   """`residual_step` where not every position is active, in one pass."""
   mask = active[..., tf.newaxis]
   return (tf.where(mask, x + residual, x),
-          output + tf.where(mask, expand_to_state(remainder), 0.0)
-          * residual)
+          output + tf.where(mask, expand_to_state(remainder, x.dtype),
+                            tf.zeros([], x.dtype)) * residual)

@@ -47,6 +47,9 @@ class LoopWeights:
     self._template = self.unit.variables + (
         self.head.variables if self.head else [])
     self._arrays = []
+    # The values as they are: the blocks do not autocast (`autocast=False`),
+    # so a float32 variable reads as float32 under a mixed-precision policy
+    # (a float32 head uses it so, a bfloat16 unit casts it when it runs).
     for slot, variable in enumerate(self._template):
       array = tf.TensorArray(variable.dtype, size=len(layers),
                              element_shape=variable.shape,

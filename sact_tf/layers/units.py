@@ -118,19 +118,23 @@ class BottleneckUnit(protocols.ResidualUnit):
     self.bn_momentum, self.bn_epsilon = architectures.validate_batch_norm(
         bn_momentum, bn_epsilon)
     self.weight_decay = architectures.validate_weight_decay(weight_decay)
+    # The sub-layers take the unit's dtype policy.
+    policy = self.dtype_policy
     bn = lambda name: common.batch_norm(name, self.bn_momentum,
-                                        self.bn_epsilon)
+                                        self.bn_epsilon, policy)
     self.preact = bn('preact')
     self.conv1 = common.conv(self.depth_bottleneck, 1, 'conv1',
-                             use_bias=False, weight_decay=self.weight_decay)
+                             use_bias=False, weight_decay=self.weight_decay,
+                             dtype=policy)
     self.conv1_bn = bn('conv1_bn')
     self.conv2 = common.conv(self.depth_bottleneck, 3, 'conv2',
                              strides=self.stride, use_bias=False,
                              weight_decay=self.weight_decay,
-                             padding='same' if self.stride == 1 else 'valid')
+                             padding='same' if self.stride == 1 else 'valid',
+                             dtype=policy)
     self.conv2_bn = bn('conv2_bn')
     self.conv3 = common.conv(self.depth, 1, 'conv3',
-                             weight_decay=self.weight_decay)
+                             weight_decay=self.weight_decay, dtype=policy)
     self.shortcut = None
 
   def build(self, input_shape):
@@ -141,7 +145,8 @@ class BottleneckUnit(protocols.ResidualUnit):
     if self.depth_in != self.depth:
       self.shortcut = common.conv(self.depth, 1, 'shortcut',
                                   strides=self.stride,
-                                  weight_decay=self.weight_decay)
+                                  weight_decay=self.weight_decay,
+                                  dtype=self.dtype_policy)
       self.shortcut.build(input_shape)
     self.preact.build(input_shape)
     self.conv1.build(input_shape)
@@ -185,7 +190,7 @@ class BottleneckUnit(protocols.ResidualUnit):
   def residual_bias(self):
     """`[depth]`: the residual's bias, the last convolution's."""
     if self.conv3.use_bias:
-      return tf.convert_to_tensor(self.conv3.bias)
+      return tf.cast(self.conv3.bias, self.compute_dtype)
     return tf.zeros([self.depth], self.compute_dtype)
 
   def _dense_parts(self, x, training):
@@ -203,7 +208,7 @@ class BottleneckUnit(protocols.ResidualUnit):
     residual = tf.nn.relu(self.conv2_bn(self.conv2(residual),
                                         training=training))
     if weight is not None:
-      residual = residual * weight[..., tf.newaxis]
+      residual = residual * tf.cast(weight, residual.dtype)[..., tf.newaxis]
     return self.conv3(residual)
 
   def gathered(self, x, active):
@@ -325,14 +330,17 @@ class CifarUnit(protocols.ResidualUnit):
     self.bn_momentum, self.bn_epsilon = architectures.validate_batch_norm(
         bn_momentum, bn_epsilon)
     self.weight_decay = architectures.validate_weight_decay(weight_decay)
+    # The sub-layers take the unit's dtype policy.
+    policy = self.dtype_policy
     self.preact = common.batch_norm('preact', self.bn_momentum,
-                                    self.bn_epsilon)
+                                    self.bn_epsilon, policy)
     self.conv1 = common.conv(self.depth, 3, 'conv1', strides=self.stride,
-                             use_bias=False, weight_decay=self.weight_decay)
+                             use_bias=False, weight_decay=self.weight_decay,
+                             dtype=policy)
     self.conv1_bn = common.batch_norm('conv1_bn', self.bn_momentum,
-                                      self.bn_epsilon)
+                                      self.bn_epsilon, policy)
     self.conv2 = common.conv(self.depth, 3, 'conv2',
-                             weight_decay=self.weight_decay)
+                             weight_decay=self.weight_decay, dtype=policy)
 
   def build(self, input_shape):
     self.depth_in = int(input_shape[-1])

@@ -7,7 +7,16 @@ Calling a model on float images `[B, H, W, 3]` (any H and W) returns a dict:
   blockK/ponder_cost, blockK/ponder_map, blockK/num_units,
   blockK/halting_distribution, blockK/flops: the block's outputs (see
   `sact_tf.layers.blocks`); a plain ResNet gives num_units and flops.
+
+Dtypes under a mixed-precision policy (`mixed_bfloat16`, `mixed_float16`:
+the global Keras policy when the model is built, or `dtype=`): the
+convolutions and states compute in bfloat16 / float16 with float32
+variables; the halting heads compute in float32; logits, ponder costs and
+maps and halting distributions are float32, num_units int32 and FLOPs int64
+under every policy. `features()`' state is in the compute dtype.
 """
+
+import contextlib
 
 import keras
 import tensorflow as tf
@@ -26,6 +35,18 @@ _BLOCK_KEYS = ('ponder_cost', 'ponder_map', 'num_units',
                'halting_distribution', 'flops')
 _EMPTY_IMAGES = ('images must have height and width >= 1 and at least one '
                  'image; got shape')
+
+
+@contextlib.contextmanager
+def _global_policy(policy):
+  """Layers created within take `policy` (Keras layers take the global
+  policy when created, not their model's)."""
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(policy)
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
 
 
 def _make_block(model, units, make_head, name):
@@ -104,10 +125,13 @@ class ResNet(keras.Model):
     self.weight_decay = architectures.validate_weight_decay(weight_decay)
     self.sparse = sparse_lib.validate_sparse(sparse)
     self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
-    if family == 'imagenet':
-      self._build_imagenet()
-    else:
-      self._build_cifar()
+    # The layers take the model's dtype policy (`dtype=`, default the global
+    # one).
+    with _global_policy(self.dtype_policy):
+      if family == 'imagenet':
+        self._build_imagenet()
+      else:
+        self._build_cifar()
 
   def _build_imagenet(self):
     wd = self.weight_decay
@@ -207,7 +231,9 @@ class ResNet(keras.Model):
       x = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
       x = common.leaky_relu(self.postnorm(x, training=training), 0.1)
     flops = flops_lib.conv_flops(1, 1, int(x.shape[-1]), self.num_classes)
-    return self.logits_conv(x)[:, 0, 0, :], flops
+    # Logits in float32 under a mixed-precision policy too (the loss and
+    # the softmax need its range).
+    return tf.cast(self.logits_conv(x)[:, 0, 0, :], tf.float32), flops
 
   def features(self, images, training=None, num_blocks=None):
     """The stem and the first `num_blocks` blocks (default: all of them).
@@ -267,7 +293,8 @@ class ResNet(keras.Model):
     return super().compute_metrics(x, y, y_pred['logits'], sample_weight)
 
   def get_config(self):
-    return {
+    # The base config holds the name, `trainable` and the dtype policy.
+    return keras.layers.Layer.get_config(self) | {
         'family': self.family,
         'units': list(self.units_per_block),
         'model_type': self.model_type,
@@ -279,7 +306,6 @@ class ResNet(keras.Model):
         'weight_decay': self.weight_decay,
         'sparse': self.sparse,
         'dense_fraction': self.dense_fraction,
-        'name': self.name,
     }
 
 
@@ -287,14 +313,15 @@ def imagenet_resnet(depth=None, units=None, model_type='sact',
                     num_classes=1001, base_channels=64, halting_bias_init=-3.0,
                     eps=0.01, tau=0.0, weight_decay=5e-5, sparse=True,
                     dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION,
-                    name='resnet_v2'):
+                    name='resnet_v2', dtype=None):
   """ImageNet pre-activation ResNet, laid out as the authors' models.
 
   Give `depth` (50, 101, 152, 200) or `units` (four ints); with neither, the
   ResNet-101 layout [3, 4, 23, 3]. Downsampling is in the first unit of
   blocks 2-4; the stem is a 7x7 stride-2 conv with 64 channels and a 3x3
   stride-2 max pool; 1001 classes (0 = background) as in the authors' models.
-  Weight decay 5e-5 (Keras L2) is the paper's 1e-4 in slim terms.
+  Weight decay 5e-5 (Keras L2) is the paper's 1e-4 in slim terms. `dtype`:
+  a Keras dtype policy (e.g. 'mixed_bfloat16'; default: the global one).
   """
   if depth is None and units is None:
     depth = 101
@@ -303,21 +330,22 @@ def imagenet_resnet(depth=None, units=None, model_type='sact',
                 num_classes=num_classes, base_channels=base_channels,
                 halting_bias_init=halting_bias_init, eps=eps, tau=tau,
                 weight_decay=weight_decay, sparse=sparse,
-                dense_fraction=dense_fraction, name=name)
+                dense_fraction=dense_fraction, name=name, dtype=dtype)
 
 
 def cifar_resnet(units=5, model_type='sact', num_classes=10, base_channels=16,
                  halting_bias_init=-3.0, eps=0.01, tau=0.0, weight_decay=1e-4,
                  sparse=True, dense_fraction=sparse_lib.DEFAULT_DENSE_FRACTION,
-                 name='resnet_residual'):
+                 name='resnet_residual', dtype=None):
   """CIFAR pre-activation ResNet-(6n+2) as in the authors' CIFAR code.
 
   `units` is n (5: ResNet-32, 18: ResNet-110) or three ints. Weight decay
-  1e-4 (Keras L2) is the authors' 2e-4 in slim terms.
+  1e-4 (Keras L2) is the authors' 2e-4 in slim terms. `dtype`: as for
+  `imagenet_resnet`.
   """
   return ResNet('cifar', architectures.cifar_units(units),
                 model_type=model_type, num_classes=num_classes,
                 base_channels=base_channels,
                 halting_bias_init=halting_bias_init, eps=eps, tau=tau,
                 weight_decay=weight_decay, sparse=sparse,
-                dense_fraction=dense_fraction, name=name)
+                dense_fraction=dense_fraction, name=name, dtype=dtype)

@@ -122,7 +122,8 @@ class LoopContext:
       proba = head(x, active, training=self.training)
     else:
       proba = head(x, training=self.training)
-    return tf.reshape(proba, self.mask_shape(x))
+    # The halting bookkeeping is float32 whatever the state's dtype.
+    return tf.cast(tf.reshape(proba, self.mask_shape(x)), tf.float32)
 
   def head_after(self, index):
     """(head, takes_active) of unit `index` (a Python int, from 0)."""
@@ -147,7 +148,7 @@ class LoopContext:
       halting_proba = self.call_head(head, takes_active, x, unit_active)
       flops += protocols.head_flops(head, tf.shape(x), active)
     else:
-      halting_proba = tf.ones(self.mask_shape(x), x.dtype)
+      halting_proba = tf.ones(self.mask_shape(x), tf.float32)
     batch = tf.shape(x if active is None else active)[:1]
     return halting_proba, tf.broadcast_to(flops, batch)
 
@@ -201,7 +202,7 @@ class LoopContext:
       new_x, output = step(unit, x, output)
       mask_shape = self.mask_shape(new_x)
       if head is None:
-        halting_proba = tf.ones(mask_shape, new_x.dtype)
+        halting_proba = tf.ones(mask_shape, tf.float32)
       else:
         def evaluate_head():
           return (self.call_head(head, self.shared_head_takes_active(),
@@ -210,7 +211,7 @@ class LoopContext:
 
         halting_proba, head_flops = tf.cond(
             index < len(self.heads), evaluate_head,
-            lambda: (tf.ones(mask_shape, new_x.dtype),
+            lambda: (tf.ones(mask_shape, tf.float32),
                      tf.zeros_like(flops)))
         flops += head_flops
     batch = tf.shape(x if active is None else active)[:1]

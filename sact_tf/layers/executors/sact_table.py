@@ -178,7 +178,7 @@ def run(context, x, output, distribution, flops, state):
     started = index > 1
     pending = last_weight(distribution, index)
     has_head = index < num_heads
-    ones = lambda: tf.ones(mask_shape, x.dtype)
+    ones = lambda: tf.ones(mask_shape, tf.float32)
     with weights.at(index):
       unit_flops = protocols.unit_flops(unit, tf.shape(x), active)
       if head is not None:
@@ -235,7 +235,8 @@ def run(context, x, output, distribution, flops, state):
                 output, x, pending, state.remainder, active, started)))
         residual = unit.residual_from_rows(
             [new_table.rows, new_table.border], new_table.neighbours)
-        remainders = tf.gather_nd(state.remainder, new_table.centres)
+        remainders = tf.cast(
+            tf.gather_nd(state.remainder, new_table.centres), residual.dtype)
         new_table = new_table._replace(
             rows=new_table.rows + residual,
             increments=new_table.increments + remainders[:, tf.newaxis]
@@ -252,7 +253,7 @@ def run(context, x, output, distribution, flops, state):
           rows = head.scores_from_rows(
               [new_table.rows, new_table.border], new_table.neighbours,
               new_table.centres, new_table.state_sum / area)
-          return tf.scatter_nd(new_table.centres, rows,
+          return tf.scatter_nd(new_table.centres, tf.cast(rows, tf.float32),
                                tf.cast(mask_shape, tf.int64))
 
         return (new_x, new_output, preact, new_table,
