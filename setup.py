@@ -28,6 +28,8 @@ setuptools.setup(
         'scipy',
         # Colour maps, colour bars and plots of ponder maps.
         'matplotlib',
+        # Progress bars on a terminal (sact_tf.progress).
+        'tqdm',
     ],
     extras_require={
         'test': ['pytest'],

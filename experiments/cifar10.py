@@ -9,13 +9,11 @@ per-image standardisation, Keras L2 1e-4. `--dataset=clutter_digits` runs the
 same recipe on the offline demo.
 """
 
-from absl import flags
-
 from experiments import common
+from sact_tf.train import recipes
 
 BINARY = common.Binary(
-    family='cifar',
-    preprocessing='cifar',
+    recipe=recipes.CIFAR,
     defaults=dict(
         tau=0.01, model='5', base_channels=16, dataset='cifar10',
         batch_size=128, label_smoothing=0.0, weight_decay=1e-4,
@@ -23,20 +21,11 @@ BINARY = common.Binary(
         lr_help='Initial learning rate. Default: 0.1.',
         boundaries_help='Default: 60 %, 75 % and 90 % of the training steps '
                         '(60k, 75k, 90k of 100k).'),
-    default_steps=lambda steps_per_epoch: 100_000,
-    default_lr=lambda batch_size: 0.1,
-    default_boundaries=lambda steps, steps_per_epoch, fv: [
-        int(round(f * steps)) for f in (0.6, 0.75, 0.9)],
     model_help='Units per block n (ResNet-(6n+2): 5 for ResNet-32, 18 for '
                'ResNet-110) or three comma-separated units.',
 )
 
-FLAGS = flags.FlagValues()
-common.define_flags(BINARY, FLAGS)
-
-
-def main(argv):
-  return common.run(BINARY, FLAGS, argv)
+FLAGS, main = common.binary_flags_and_main(BINARY)
 
 
 if __name__ == '__main__':

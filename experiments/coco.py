@@ -11,6 +11,10 @@ The offline demo (README), a small model on clutter_digits_detection:
       --model=2,2,3,1 --base_channels=8 --min_size=128 --max_size=128 \
       --anchor_base_size=32 --anchor_scales=1 --model_dir=/tmp/digits_sact
 
+Any field of the run's config (config.json) can be set with
+--set=section.field=value, e.g. --set=model.rpn_nms_iou=0.6 (--helpfull
+lists the keys).
+
 Modes: train, eval (the latest checkpoint of --model_dir), train_and_eval.
 Evaluation prints COCO AP and the feature extractor's FLOPs (absolute,
 relative to the same network evaluating every unit and to ResNet-101
@@ -30,14 +34,18 @@ from sact_tf.detection import data
 from sact_tf.detection import evaluation
 from sact_tf.detection import export
 from sact_tf.detection import training
+from sact_tf.train import config as config_train
 from sact_tf.train import distribution
 
 FLAGS = flags.FlagValues()
 _fv = dict(flag_values=FLAGS)
 _model = config_lib.ModelConfig
-_run = config_lib.DetectionConfig
+_loss = config_lib.LossConfig
+_optimizer = config_lib.OptimizerConfig
+_data = config_lib.DataConfig
+_run = config_lib.RunConfig
 
-flags.DEFINE_float('tau', _model.tau, 'Ponder cost weight on the feature '
+flags.DEFINE_float('tau', _loss.tau, 'Ponder cost weight on the feature '
                    'extractor (blocks 1-3), >= 0.', **_fv)
 flags.DEFINE_enum('model_type', 'sact', architectures.MODEL_TYPES,
                   'Feature extractor: plain ResNet, ACT or SACT.', **_fv)
@@ -52,7 +60,7 @@ flags.DEFINE_string('model_dir', None, 'Where checkpoints, TensorBoard logs, '
                     'config.json and evaluation results go.', **_fv)
 flags.DEFINE_string('data_dir', None, 'TFDS data directory (default: '
                     '$TFDS_DATA_DIR or ~/tensorflow_datasets).', **_fv)
-flags.DEFINE_enum('dataset', _run.dataset, sorted(data.SPECS),
+flags.DEFINE_enum('dataset', _data.dataset, sorted(data.SPECS),
                   'TFDS dataset; clutter_digits_detection is the offline '
                   'demo.', **_fv)
 flags.DEFINE_boolean('download', True, 'Let TFDS download a missing dataset.',
@@ -60,24 +68,24 @@ flags.DEFINE_boolean('download', True, 'Let TFDS download a missing dataset.',
 flags.DEFINE_string('finetune_from', None, 'Checkpoint (directory or prefix) '
                     'of an experiments.imagenet run: its stem, blocks 1-4 and '
                     'final batch norm initialise the detector.', **_fv)
-flags.DEFINE_integer('train_steps', _run.train_steps, 'Training steps, one '
-                     'image each.', **_fv)
-flags.DEFINE_float('learning_rate', _run.learning_rate, 'Initial learning '
-                   'rate (x0.1 at each --lr_boundaries step).', **_fv)
+flags.DEFINE_integer('train_steps', _optimizer.train_steps, 'Training steps, '
+                     'one image each.', **_fv)
+flags.DEFINE_float('learning_rate', _optimizer.learning_rate, 'Initial '
+                   'learning rate (x0.1 at each --lr_boundaries step).', **_fv)
 flags.DEFINE_list('lr_boundaries',
-                  [str(b) for b in config_lib.DetectionConfig().lr_boundaries],
+                  [str(b) for b in _optimizer().lr_boundaries],
                   'Steps at which the learning rate drops by 10x.', **_fv)
-flags.DEFINE_float('clip_gradient_norm', _run.clip_gradient_norm,
+flags.DEFINE_float('clip_gradient_norm', _optimizer.clip_gradient_norm,
                    'Global gradient norm clipping (0: off).', **_fv)
 flags.DEFINE_enum('strategy', 'default', distribution.STRATEGIES,
                   'tf.distribute strategy (one image per replica and step).',
                   **_fv)
 flags.DEFINE_string('tpu', None, 'TPU name or address (--strategy=tpu).',
                     **_fv)
-flags.DEFINE_integer('min_size', _run.min_size, 'Images are resized keeping '
+flags.DEFINE_integer('min_size', _data.min_size, 'Images are resized keeping '
                      'their aspect ratio to this short side, unless the long '
                      'side would then exceed --max_size.', **_fv)
-flags.DEFINE_integer('max_size', _run.max_size, 'The longest image side '
+flags.DEFINE_integer('max_size', _data.max_size, 'The longest image side '
                      'after resizing.', **_fv)
 flags.DEFINE_float('anchor_base_size', anchors.BASE_SIZE, 'Anchor size in '
                    'pixels at scale 1.', **_fv)
@@ -97,7 +105,7 @@ flags.DEFINE_boolean('add_ground_truth_proposals',
                      _model.add_ground_truth_proposals, 'Also train the box '
                      'classifier on the ground-truth boxes (not in the '
                      'paper; helps short runs).', **_fv)
-flags.DEFINE_float('weight_decay', _model.weight_decay, 'Keras L2 factor on '
+flags.DEFINE_float('weight_decay', _loss.weight_decay, 'Keras L2 factor on '
                    'the ResNet\'s conv kernels.', **_fv)
 flags.DEFINE_integer('eval_examples', 0, 'Evaluate on the first N images '
                      'only (0: all).', **_fv)
@@ -119,6 +127,8 @@ flags.DEFINE_boolean('overwrite', False, 'Let --export_dir replace a '
                      'non-empty folder that is not an earlier export of '
                      'this run (never the run directory itself).', **_fv)
 common.define_run_flags(FLAGS)
+common.define_profile_flag(FLAGS)
+common.define_settings_flag(FLAGS, config_lib.DetectionConfig)
 
 
 def _floats(values, name):
@@ -137,39 +147,72 @@ def _ints(values, name):
                      f'{",".join(values)!r}.') from None
 
 
+# The config field each flag sets (a field whose flag is given may not be
+# set with --set as well).
+FLAG_FIELDS = {
+    'model': 'model.units',
+    'model_type': 'model.model_type',
+    'base_channels': 'model.base_channels',
+    'freeze_batch_norm': 'model.freeze_batch_norm',
+    'anchor_base_size': 'model.anchor_base_size',
+    'anchor_scales': 'model.anchor_scales',
+    'anchor_aspect_ratios': 'model.anchor_aspect_ratios',
+    'rpn_depth': 'model.rpn_depth',
+    'num_proposals': 'model.num_proposals',
+    'add_ground_truth_proposals': 'model.add_ground_truth_proposals',
+    'tau': 'loss.tau',
+    'weight_decay': 'loss.weight_decay',
+    'train_steps': 'optimizer.train_steps',
+    'learning_rate': 'optimizer.learning_rate',
+    'lr_boundaries': 'optimizer.lr_boundaries',
+    'clip_gradient_norm': 'optimizer.clip_gradient_norm',
+    'dataset': 'data.dataset',
+    'data_dir': 'data.data_dir',
+    'download': 'data.download',
+    'min_size': 'data.min_size',
+    'max_size': 'data.max_size',
+    'eval_examples': 'data.eval_examples',
+    'model_dir': 'run.model_dir',
+    'summary_images': 'run.summary_images',
+    'checkpoint_every': 'run.checkpoint_every',
+    'keep_checkpoints': 'run.keep_checkpoints',
+    'summary_every': 'run.summary_every',
+    'seed': 'run.seed',
+    'finetune_from': 'run.finetune_from',
+}
+# Flags whose text is converted before it is a field's value.
+_CONVERSIONS = {
+    'model': lambda value: common.parse_model('imagenet', value),
+    'anchor_scales': lambda value: _floats(value, 'anchor_scales'),
+    'anchor_aspect_ratios': lambda value: _floats(value,
+                                                  'anchor_aspect_ratios'),
+    'lr_boundaries': lambda value: _ints(value, 'lr_boundaries'),
+}
+
+
 def flags_to_config(fv):
-  """The `DetectionConfig` of parsed flags `fv`.
+  """The `DetectionConfig` of parsed flags `fv`: each field from its flag
+  (defaults included) or its --set entry; the classes from the dataset.
 
   Raises:
-    ValueError: bad or inconsistent flags, with the fix.
+    ValueError: bad or inconsistent flags or settings, with the fix.
   """
-  if not fv.model_dir:
+  config_class = config_lib.DetectionConfig
+  settings = config_train.parse_settings(
+      config_class, fv.set, common.flagged_fields(fv, FLAG_FIELDS))
+  values = {field: _CONVERSIONS.get(flag, lambda value: value)(fv[flag].value)
+            for flag, field in FLAG_FIELDS.items()}
+  values['model.num_classes'] = data.get_spec(
+      settings.get('data.dataset', fv.dataset)).num_classes
+  values.update(settings)
+  if not values['run.model_dir']:
     raise ValueError('--model_dir is required: the directory for '
                      'checkpoints, logs and results.')
-  spec = data.get_spec(fv.dataset)
-  model = config_lib.ModelConfig(
-      units=common.parse_model('imagenet', fv.model),
-      model_type=fv.model_type, num_classes=spec.num_classes,
-      base_channels=fv.base_channels, tau=fv.tau,
-      weight_decay=fv.weight_decay, freeze_batch_norm=fv.freeze_batch_norm,
-      anchor_base_size=fv.anchor_base_size,
-      anchor_scales=_floats(fv.anchor_scales, 'anchor_scales'),
-      anchor_aspect_ratios=_floats(fv.anchor_aspect_ratios,
-                                   'anchor_aspect_ratios'),
-      rpn_depth=fv.rpn_depth, num_proposals=fv.num_proposals,
-      add_ground_truth_proposals=fv.add_ground_truth_proposals)
-  boundaries = _ints(fv.lr_boundaries, 'lr_boundaries')
-  return config_lib.DetectionConfig(
-      model=model, dataset=fv.dataset, data_dir=fv.data_dir,
-      download=fv.download, min_size=fv.min_size, max_size=fv.max_size,
-      train_steps=fv.train_steps, learning_rate=fv.learning_rate,
-      # Boundaries past the end would never apply.
-      lr_boundaries=[b for b in boundaries if b < fv.train_steps],
-      clip_gradient_norm=fv.clip_gradient_norm,
-      eval_examples=fv.eval_examples, summary_images=fv.summary_images,
-      model_dir=fv.model_dir, checkpoint_every=fv.checkpoint_every,
-      keep_checkpoints=fv.keep_checkpoints, summary_every=fv.summary_every,
-      seed=fv.seed, finetune_from=fv.finetune_from)
+  # Boundaries past the end would never apply.
+  values['optimizer.lr_boundaries'] = [
+      b for b in values['optimizer.lr_boundaries']
+      if b < values['optimizer.train_steps']]
+  return config_train.from_values(config_class, values)
 
 
 def main(argv):
@@ -191,14 +234,15 @@ def main(argv):
     # A folder the export may not write is refused before any training.
     try:
       export.check_export_dir(
-          FLAGS.export_dir, config.model_dir, overwrite=FLAGS.overwrite)
+          FLAGS.export_dir, config.run.model_dir, overwrite=FLAGS.overwrite)
     except ValueError as e:
       raise app.UsageError(str(e)) from e
   strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.tpu)
   if FLAGS.mode in ('train', 'train_and_eval'):
     result = training.train(config, strategy,
                             allow_changed=FLAGS.allow_changed_flags,
-                            restart_from_scratch=FLAGS.restart_from_scratch)
+                            restart_from_scratch=FLAGS.restart_from_scratch,
+                            profile_steps=FLAGS.profile_steps)
     logging.info('Trained to step %d in %.0f s; checkpoint %s.', result.step,
                  result.seconds, result.checkpoint)
   summary = None
@@ -210,11 +254,11 @@ def main(argv):
     print(f'Results: {summary["path"]}\nDetections: '
           f'{summary["detections_path"]}', flush=True)
   if FLAGS.export_dir:
-    model = training.build_model(config.model)
-    prefix = training.restore_model(model, config.model_dir)
-    export.export_saved_model(model, FLAGS.export_dir, config.min_size,
-                              config.max_size, overwrite=FLAGS.overwrite,
-                              run_dir=config.model_dir, checkpoint=prefix)
+    model = training.build_model(config.model, config.loss)
+    prefix = training.restore_model(model, config.run.model_dir)
+    export.export_saved_model(model, FLAGS.export_dir, config.data.min_size,
+                              config.data.max_size, overwrite=FLAGS.overwrite,
+                              run_dir=config.run.model_dir, checkpoint=prefix)
     print(f'Exported to {FLAGS.export_dir}', flush=True)
   return summary
 

@@ -26,6 +26,7 @@ from absl import flags
 from experiments import coco
 from experiments import common
 from experiments import imagenet
+from sact_tf import progress
 from sact_tf.detection import evaluation
 from sact_tf.train import config as train_config
 
@@ -57,12 +58,14 @@ def main(argv):
   data = [f'--data_dir={FLAGS.data_dir}'] if FLAGS.data_dir else []
   pretrain_dir = os.path.join(FLAGS.work_dir, 'pretrain')
   seconds = {}
+  runs = progress.runs(3, 'Demo runs (pretraining, plain and SACT detectors)')
   started = time.time()
   imagenet.main(['imagenet', '--dataset=clutter_digits', *MODEL, *data,
                  '--model_type=resnet', '--batch_size=32', '--mode=train',
                  f'--train_steps={FLAGS.pretrain_steps}',
                  '--summary_every=250', f'--model_dir={pretrain_dir}'])
   seconds['pretrain'] = time.time() - started
+  runs.update()
   rows = []
   for name, model_type in (('ResNet (plain)', 'resnet'),
                            (f'SACT tau={FLAGS.tau:g}', 'sact')):
@@ -75,7 +78,9 @@ def main(argv):
                          f'--eval_examples={FLAGS.eval_examples}',
                          f'--model_dir={model_dir}'])
     seconds[model_type] = time.time() - started
+    runs.update()
     rows.append((name, train_config.read_json(summary['path'])))
+  runs.close()
   print('\nclutter_digits_detection test: Table 1 in miniature\n')
   print(evaluation.format_comparison(rows))
   print('\nwall time: ' + ', '.join(f'{k} {v:.0f} s'

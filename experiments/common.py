@@ -1,6 +1,10 @@
 """What experiments.imagenet and experiments.cifar10 share.
 
-Flags -> `ExperimentConfig` -> `sact_tf.train.train` / `evaluate`.
+Flags -> config fields -> `sact_tf.train.recipes.experiment_config` (the
+binary's recipe completes them) -> `sact_tf.train.recipes.run`. Every
+config field can also be given as `--set=section.field=value`
+(`define_settings_flag`); a field's own flag (`FLAG_FIELDS`) and `--set`
+together are refused.
 
 Each binary owns a `flags.FlagValues` filled by `define_flags` with its own
 defaults, so both can be imported in one process (tests) without clashing.
@@ -8,22 +12,22 @@ defaults, so both can be imported in one process (tests) without clashing.
 
 import dataclasses
 import errno
-import math
-import os
 import sys
-from typing import Callable, List
 
 from absl import app
 from absl import flags
 from absl import logging
 import tensorflow as tf
 
+from experiments import startup
 from sact_tf import architectures
 from sact_tf import data
 from sact_tf import losses
 from sact_tf import train
 from sact_tf.train import config as config_lib
 from sact_tf.train import distribution
+from sact_tf.train import profiling
+from sact_tf.train import recipes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,25 +35,19 @@ class Binary:
   """What differs between the binaries.
 
   Attributes:
-    family: 'imagenet' or 'cifar'.
-    preprocessing: 'inception' or 'cifar'.
+    recipe: the `sact_tf.train.recipes.Recipe` that completes the config.
     defaults: flag name -> default value, plus help fragments (steps_help,
-      lr_help, boundaries_help) describing the derived defaults.
-    default_steps: steps per epoch -> train_steps when neither --train_steps
-      nor --train_epochs is given.
-    default_lr: batch size -> learning rate when --learning_rate is absent.
-    default_boundaries: (train_steps, steps per epoch, flag values) -> steps
-      at which the rate drops when --lr_boundaries is absent.
+      lr_help, boundaries_help) describing the recipe's derived defaults.
     model_help: help of --model.
   """
 
-  family: str
-  preprocessing: str
+  recipe: recipes.Recipe
   defaults: dict
-  default_steps: Callable[[float], int]
-  default_lr: Callable[[int], float]
-  default_boundaries: Callable[[int, float, flags.FlagValues], List[int]]
   model_help: str
+
+  @property
+  def family(self):
+    return self.recipe.family
 
 
 def parse_model(family, value):
@@ -157,6 +155,8 @@ def define_flags(binary, flag_values):
                       'to evaluate instead of the newest intact one in '
                       '--model_dir (--mode=eval).', **fv)
   define_run_flags(flag_values)
+  define_profile_flag(flag_values)
+  define_settings_flag(flag_values, train.ExperimentConfig)
   _register_validators(binary, flag_values)
 
 
@@ -172,6 +172,32 @@ def define_run_flags(flag_values):
                        'in a --model_dir that holds a run: its checkpoints '
                        'and config.json are moved to replaced-<time>/ '
                        'there, not deleted.', **fv)
+
+
+def define_profile_flag(flag_values):
+  """--profile_steps=FIRST,LAST of every trainer, checked at parse time."""
+  flags.DEFINE_string('profile_steps', None, 'Training steps FIRST,LAST '
+                      '(both included, e.g. 10,15) to capture a TensorBoard '
+                      'profile of, into <model_dir>/train (Profile tab).',
+                      flag_values=flag_values)
+  _validator(flag_values, ['profile_steps'],
+             lambda v: profiling.parse_steps(v['profile_steps']))
+
+
+def define_settings_flag(flag_values, config_class):
+  """`--set=section.field=value` (repeatable): any field of
+  `config_class`; its help lists the keys, a validator checks them."""
+  flags.DEFINE_multi_string('set', [], config_lib.settings_help(config_class),
+                            flag_values=flag_values)
+  _validator(flag_values, ['set'],
+             lambda v: config_lib.parse_settings(config_class, v['set']))
+
+
+def flagged_fields(fv, flag_fields):
+  """{'section.field': '--flag'} of the fields whose own flags (in
+  `flag_fields`, {flag: field}) were given on the command line."""
+  return {field: f'--{flag}' for flag, field in flag_fields.items()
+          if fv[flag].present}
 
 
 def _validator(flag_values, names, check):
@@ -194,9 +220,8 @@ def _register_validators(binary, fv):
 
   def positive(name):
     def check(values):
-      if values[name] is not None and values[name] < 1:
-        raise ValueError(f'--{name} must be a positive int, got '
-                         f'{values[name]}.')
+      if values[name] is not None:
+        config_lib.check_positive_int(f'--{name}', values[name])
     _validator(fv, [name], check)
 
   for name in ('base_channels', 'batch_size', 'eval_batch_size',
@@ -216,28 +241,21 @@ def _register_validators(binary, fv):
   def steps_or_epochs(values):
     if values['train_steps'] is not None and values['train_epochs'] is not None:
       raise ValueError('Give --train_steps or --train_epochs, not both.')
-    if values['train_steps'] is not None and values['train_steps'] < 0:
-      raise ValueError(f'--train_steps must be >= 0, got '
-                       f'{values["train_steps"]}.')
-    if values['train_epochs'] is not None and not values['train_epochs'] > 0:
-      raise ValueError(f'--train_epochs must be > 0, got '
-                       f'{values["train_epochs"]}.')
+    if values['train_steps'] is not None:
+      config_lib.check_non_negative('--train_steps', values['train_steps'])
+    if values['train_epochs'] is not None:
+      config_lib.check_positive('--train_epochs', values['train_epochs'])
   _validator(fv, ['train_steps', 'train_epochs'], steps_or_epochs)
 
   def learning_rate(values):
-    if values['learning_rate'] is not None and not values['learning_rate'] > 0:
-      raise ValueError(f'--learning_rate must be > 0, got '
-                       f'{values["learning_rate"]}.')
-    if not values['lr_decay_epochs'] > 0:
-      raise ValueError(f'--lr_decay_epochs must be > 0, got '
-                       f'{values["lr_decay_epochs"]}.')
+    if values['learning_rate'] is not None:
+      config_lib.check_positive('--learning_rate', values['learning_rate'])
+    config_lib.check_positive('--lr_decay_epochs', values['lr_decay_epochs'])
   _validator(fv, ['learning_rate', 'lr_decay_epochs'], learning_rate)
 
   def sizes(values):
     for size in _int_list(values['eval_image_size'], 'eval_image_size'):
-      if size < 1:
-        raise ValueError(f'--eval_image_size sizes must be positive, got '
-                         f'{size}.')
+      config_lib.check_positive_int('--eval_image_size', size)
   _validator(fv, ['eval_image_size'], sizes)
   _validator(fv, ['lr_boundaries'],
              lambda v: _int_list(v['lr_boundaries'], 'lr_boundaries'))
@@ -255,117 +273,106 @@ def _register_validators(binary, fv):
   _validator(fv, ['finetune_from', 'baseline_from'], one_init)
 
 
-def _source_fields(path, target_fields):
-  """The model fields of the checkpoint at `path` (its run's config.json).
-
-  Without a config.json next to it, the checkpoint is taken to be the plain
-  ResNet of the target's layout.
-  """
-  directory = path if os.path.isdir(path) else os.path.dirname(path)
-  saved = config_lib.load(directory) if directory else None
-  if saved is not None:
-    return saved.model_fields()
-  return dict(target_fields, model_type='resnet')
-
-
-def _baseline(path, family):
-  """Units and init settings of the baseline of an evaluation JSON."""
-  summary = train.evaluation.read_result(path, require_full=True,
-                                         use='--baseline_from')
-  units = train.baseline_units(summary, source=path)
-  source = summary.get('model')
-  if not source or 'checkpoint' not in summary:
-    raise ValueError(f'{path} lacks "model" or "checkpoint": pass the JSON '
-                     'that evaluation wrote (eval_<split>_<size>px.json).')
-  if source['family'] != family:
-    raise ValueError(f'{path} describes a {source["family"]} model; this '
-                     f'binary trains {family} models.')
-  return units, summary['checkpoint'], source
-
-
-# The config fields each flag sets: those of the flags given on the command
-# line win over the run's config.json (`config_lib.resolve`).
-_FLAG_FIELDS = {
-    'model': ('units',),
-    'model_type': ('model_type',),
-    'base_channels': ('base_channels',),
-    'tau': ('tau',),
-    'weight_decay': ('weight_decay',),
-    'dataset': ('dataset', 'num_classes', 'data_dir'),
-    'data_dir': ('data_dir',),
-    'image_size': ('image_size', 'eval_image_sizes'),
-    'eval_image_size': ('eval_image_sizes',),
-    'lr_boundaries': ('lr_boundaries',),
+# The config field each flag sets. A field whose flag is given may not be
+# set with --set as well; the fields given (by their flags or by --set) win
+# over the run's config.json (`config_lib.resolve`).
+FLAG_FIELDS = {
+    'model': 'model.units',
+    'model_type': 'model.model_type',
+    'base_channels': 'model.base_channels',
+    'tau': 'loss.tau',
+    'weight_decay': 'loss.weight_decay',
+    'label_smoothing': 'loss.label_smoothing',
+    'train_steps': 'optimizer.train_steps',
+    'train_epochs': 'optimizer.train_steps',
+    'learning_rate': 'optimizer.learning_rate',
+    'lr_boundaries': 'optimizer.lr_boundaries',
+    'dataset': 'data.dataset',
+    'data_dir': 'data.data_dir',
+    'download': 'data.download',
+    'image_size': 'data.image_size',
+    'eval_image_size': 'data.eval_image_sizes',
+    'batch_size': 'data.batch_size',
+    'eval_batch_size': 'data.eval_batch_size',
+    'eval_examples': 'data.eval_examples',
+    'model_dir': 'run.model_dir',
+    'checkpoint_every': 'run.checkpoint_every',
+    'keep_checkpoints': 'run.keep_checkpoints',
+    'summary_every': 'run.summary_every',
+    'seed': 'run.seed',
+}
+# Flags whose value is their field's as it is; flags_to_config reads the
+# others (and derives what they leave open) by the binary's recipe.
+_AS_IS = ('model_type', 'base_channels', 'tau', 'weight_decay',
+          'label_smoothing', 'learning_rate', 'dataset', 'data_dir',
+          'download', 'image_size', 'batch_size', 'eval_batch_size',
+          'eval_examples', 'model_dir', 'checkpoint_every',
+          'keep_checkpoints', 'summary_every', 'seed')
+# Fields given along with a field: a dataset brings its classes (and its
+# data directory), a training size the evaluation sizes.
+_IMPLIED = {
+    'data.dataset': ('model.num_classes', 'data.data_dir'),
+    'data.image_size': ('data.eval_image_sizes',),
 }
 
 
-def _given_fields(fv):
-  """The config fields set by flags given on the command line."""
-  return {field for flag, fields in _FLAG_FIELDS.items()
-          if fv[flag].present for field in fields}
+def _flagged(fv):
+  """{field: flag} of the fields set by the flags given."""
+  flagged = flagged_fields(fv, FLAG_FIELDS)
+  if fv.baseline_from:
+    # The baseline's units and type come from the evaluation JSON.
+    flagged.update({'model.units': '--baseline_from',
+                    'model.model_type': '--baseline_from'})
+  return flagged
+
+
+def _given_fields(fv, settings):
+  """The config fields given on the command line: by their flags or by
+  --set (`settings`), with the fields they imply."""
+  given = set(flagged_fields(fv, FLAG_FIELDS)) | set(settings)
+  return given.union(*(_IMPLIED.get(field, ()) for field in list(given)))
 
 
 def flags_to_config(binary, fv):
   """The `ExperimentConfig` of parsed flags `fv`.
 
+  Each field comes from its flag (defaults included) or its --set entry;
+  `sact_tf.train.recipes.experiment_config` derives what neither gives by
+  the binary's recipe (a --set field feeding the derivations as its flag
+  would) and, unless --restart_from_scratch, completes the fields not
+  given from the run's config.json.
+
   Raises:
-    ValueError: inconsistent flags, with the fix.
+    ValueError: inconsistent flags or settings, with the fix.
   """
-  if not fv.model_dir:
-    raise ValueError('--model_dir is required: the directory for '
-                     'checkpoints, logs and results.')
-  spec = data.get_spec(fv.dataset)
-  units = parse_model(binary.family, fv.model)
-  model_type = fv.model_type
-  init = dict(init_checkpoint=None, init_mode=None, init_model=None)
+  settings = config_lib.parse_settings(train.ExperimentConfig, fv.set,
+                                       _flagged(fv))
+  values = {FLAG_FIELDS[flag]: fv[flag].value for flag in _AS_IS}
+  values.update(settings)
+  if 'model.units' not in values:
+    values['model.units'] = parse_model(binary.family, fv.model)
   if fv.baseline_from:
     for name in ('model', 'model_type'):
       if fv[name].present:
         raise ValueError(f'--{name} cannot be combined with --baseline_from: '
                          'the baseline is the plain ResNet with the evaluated '
                          'run\'s average units per block.')
-    units, checkpoint, source = _baseline(fv.baseline_from, binary.family)
-    model_type = 'resnet'
-    init = dict(init_checkpoint=checkpoint, init_mode='baseline',
-                init_model=source)
-  image_size = fv.image_size or spec.image_size
-  eval_sizes = (_int_list(fv.eval_image_size, 'eval_image_size')
-                or [image_size])
-  steps_per_epoch = spec.num_train_examples / fv.batch_size
+    values.update(recipes.baseline_fields(fv.baseline_from, binary.family))
+  if 'data.eval_image_sizes' not in values:
+    values['data.eval_image_sizes'] = _int_list(fv.eval_image_size,
+                                                'eval_image_size')
+  # The flags below and --set of their field exclude each other.
   if fv.train_steps is not None:
-    train_steps = fv.train_steps
-  elif fv.train_epochs is not None:
-    train_steps = int(math.ceil(fv.train_epochs * steps_per_epoch))
-  else:
-    train_steps = binary.default_steps(steps_per_epoch)
-  boundaries = (_int_list(fv.lr_boundaries, 'lr_boundaries')
-                if fv.lr_boundaries is not None else
-                binary.default_boundaries(train_steps, steps_per_epoch, fv))
-  config = train.ExperimentConfig(
-      family=binary.family, units=units, model_type=model_type,
-      num_classes=spec.num_classes, base_channels=fv.base_channels,
-      tau=fv.tau, weight_decay=fv.weight_decay, dataset=fv.dataset,
-      data_dir=fv.data_dir, download=fv.download,
-      preprocessing=binary.preprocessing, image_size=image_size,
-      eval_image_sizes=eval_sizes, batch_size=fv.batch_size,
-      eval_batch_size=fv.eval_batch_size, eval_examples=fv.eval_examples,
-      train_steps=train_steps,
-      learning_rate=(fv.learning_rate if fv.learning_rate is not None
-                     else binary.default_lr(fv.batch_size)),
-      lr_boundaries=sorted({b for b in boundaries if 0 < b < train_steps}),
-      label_smoothing=fv.label_smoothing, model_dir=fv.model_dir,
-      checkpoint_every=fv.checkpoint_every,
-      keep_checkpoints=fv.keep_checkpoints, summary_every=fv.summary_every,
-      seed=fv.seed, **init)
-  if not fv.restart_from_scratch:
-    config = config_lib.resolve(config, config_lib.load(fv.model_dir),
-                                fv.mode, _given_fields(fv))
-  if fv.finetune_from:
-    config.init_checkpoint = fv.finetune_from
-    config.init_mode = 'finetune'
-    config.init_model = _source_fields(fv.finetune_from,
-                                       config.model_fields())
-  return config
+    values['optimizer.train_steps'] = fv.train_steps
+  if fv.lr_boundaries is not None:
+    values['optimizer.lr_boundaries'] = _int_list(fv.lr_boundaries,
+                                                  'lr_boundaries')
+  return recipes.experiment_config(
+      binary.recipe, values, train_epochs=fv.train_epochs,
+      lr_decay_epochs=fv.lr_decay_epochs, finetune_from=fv.finetune_from,
+      mode=fv.mode,
+      given=(False if fv.restart_from_scratch
+             else _given_fields(fv, settings)))
 
 
 def parse(fv, argv):
@@ -384,6 +391,7 @@ def parse(fv, argv):
     fv.mark_as_parsed()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  startup.apply_flags()
 
 
 def require(fv, *names):
@@ -394,38 +402,23 @@ def require(fv, *names):
 
 
 def run(binary, fv, argv):
-  """Parses `argv` into `fv` when it carries flags, then runs the experiment.
-  """
+  """Parses `argv` into `fv` when it carries flags, then runs the experiment
+  (`sact_tf.train.recipes.run`)."""
   parse(fv, argv)
   try:
     config = flags_to_config(binary, fv)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from e
   strategy = distribution.make_strategy(fv.strategy, fv.tpu)
-  if strategy.num_replicas_in_sync and (
-      config.batch_size % strategy.num_replicas_in_sync):
+  replicas = strategy.num_replicas_in_sync
+  if replicas and config.data.batch_size % replicas:
     raise app.UsageError(
-        f'--batch_size={config.batch_size} is not divisible by the '
-        f'{strategy.num_replicas_in_sync} replicas of --strategy='
-        f'{fv.strategy}.')
-  summaries = []
-  if fv.mode in ('train', 'train_and_eval'):
-    result = train.train(config, strategy,
-                         allow_changed=fv.allow_changed_flags,
-                         restart_from_scratch=fv.restart_from_scratch)
-    logging.info('Trained to step %d in %.0f s; checkpoint %s.', result.step,
-                 result.seconds, result.checkpoint)
-  if fv.mode in ('eval', 'train_and_eval') and distribution.is_chief(
-      strategy):
-    for size in config.eval_image_sizes:
-      summary = train.evaluate(config, image_size=size,
-                               checkpoint=fv.checkpoint)
-      summaries.append(summary)
-      path = summary['path']
-      print(train.format_table(summary), flush=True)
-      print(f'Results: {path}\nTensorBoard: tensorboard --logdir '
-            f'{config.model_dir}', flush=True)
-  return summaries
+        f'--batch_size={config.data.batch_size} is not divisible by the '
+        f'{replicas} replicas of --strategy={fv.strategy}.')
+  return recipes.run(config, fv.mode, strategy, checkpoint=fv.checkpoint,
+                     allow_changed=fv.allow_changed_flags,
+                     restart_from_scratch=fv.restart_from_scratch,
+                     profile_steps=fv.profile_steps)
 
 
 _DISK_FULL = ('No space left on device', 'Disk quota exceeded')
@@ -500,6 +493,18 @@ def report_errors(main):
   return main_reporting_errors
 
 
+def binary_flags_and_main(binary):
+  """(flags, main) of a classification binary: its own `flags.FlagValues`
+  with `define_flags`, and `main(argv)` running `run` with them."""
+  flag_values = flags.FlagValues()
+  define_flags(binary, flag_values)
+
+  def main(argv):
+    return run(binary, flag_values, argv)
+
+  return flag_values, main
+
+
 def main_with_flags(main, fv):
   """`app.run(main)` with the binary's own flags shown and parsed, and the
   errors a user can fix reported in one line (`report_errors`).
@@ -510,4 +515,5 @@ def main_with_flags(main, fv):
   flags.FLAGS.append_flag_values(fv)
   for name in fv:
     flags.FLAGS.register_flag_by_module(sys.argv[0], fv[name])
+  startup.show_in_help(sys.argv[0])
   app.run(report_errors(main))

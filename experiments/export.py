@@ -77,12 +77,13 @@ def main(argv):
                                      FLAGS.checkpoint, FLAGS.overwrite)
     config, model, prefix = checkpointing.load_run(
         FLAGS.model_dir, FLAGS.checkpoint, sparse=FLAGS.sparse)
-    image_size = FLAGS.image_size or config.eval_image_sizes[0]
-    description = (f'{config.model_type} {config.family} ResNet (units '
-                   f'{config.units}, {config.num_classes} classes)')
+    image_size = FLAGS.image_size or config.data.eval_image_sizes[0]
+    m = config.model
+    description = (f'{m.model_type} {m.family} ResNet (units {m.units}, '
+                   f'{m.num_classes} classes)')
     export.export_saved_model(
         model, FLAGS.export_dir, image_size=image_size,
-        preprocessing=config.preprocessing,
+        preprocessing=config.data.preprocessing,
         max_image_size=FLAGS.max_image_size,
         max_encoded_size=FLAGS.max_encoded_size, overwrite=FLAGS.overwrite,
         run_dir=FLAGS.model_dir, checkpoint=prefix, description=description)
@@ -90,8 +91,8 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   replaced = {'same_run': ' (replacing the earlier export of this run)',
               'overwrite': ' (replacing its contents, --overwrite)'}
-  print(f'Exported {config.model_type} {config.family} ResNet (units '
-        f'{config.units}) from {prefix} to {FLAGS.export_dir}'
+  print(f'Exported {m.model_type} {m.family} ResNet (units '
+        f'{m.units}) from {prefix} to {FLAGS.export_dir}'
         f'{replaced.get(action, "")}.\n'
         f'Signatures: serving_default (uint8 images [B, H, W, 3] in [0, 255]),'
         f' serve_float (float32 images in [0, 1]), both up to '

@@ -94,12 +94,15 @@ def import_checkpoint(checkpoint, dataset, model_type, model, model_dir,
         f'{model_dir} already holds a run (a checkpoint or config.json); '
         'import into a new --model_dir.')
   config = train.ExperimentConfig(
-      family=family, units=units, model_type=model_type,
-      num_classes=num_classes or spec.num_classes,
-      base_channels=base_channels or default_width,
-      tau=default_tau if tau is None else tau, dataset=tfds_name,
-      preprocessing=preprocessing, image_size=spec.image_size,
-      eval_image_sizes=[spec.image_size], model_dir=model_dir, train_steps=0)
+      model=dict(family=family, units=units, model_type=model_type,
+                 num_classes=num_classes or spec.num_classes,
+                 base_channels=base_channels or default_width),
+      loss=dict(tau=default_tau if tau is None else tau),
+      optimizer=dict(train_steps=0),
+      data=dict(dataset=tfds_name, preprocessing=preprocessing,
+                image_size=spec.image_size,
+                eval_image_sizes=[spec.image_size]),
+      run=dict(model_dir=model_dir))
   network = checkpointing.build_model(config.model_kwargs())
   summary = checkpoints.load_authors_checkpoint(network, checkpoint)
   os.makedirs(model_dir, exist_ok=True)
@@ -121,11 +124,12 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   step = ('' if summary.global_step is None
           else f' (global step {summary.global_step})')
+  m = config.model
   print(f'Imported {summary.num_variables} variables of a '
-        f'{config.model_type} {config.family} ResNet (units {config.units}, '
-        f'base channels {config.base_channels}, {config.num_classes} '
+        f'{m.model_type} {m.family} ResNet (units {m.units}, '
+        f'base channels {m.base_channels}, {m.num_classes} '
         f'classes) from {summary.checkpoint_path}{step} into '
-        f'{config.model_dir}.', flush=True)
+        f'{config.run.model_dir}.', flush=True)
   return config
 
 

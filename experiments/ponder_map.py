@@ -120,7 +120,7 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from e
   os.makedirs(FLAGS.output_dir, exist_ok=True)
-  predict = inference.make_predict_fn(model, config.preprocessing)
+  predict = inference.make_predict_fn(model, config.data.preprocessing)
   model_max = viz.max_ponder_value(model.units_per_block)
   results, failures = {}, {}
   print(f'{"image":<28}{"size":>11}{"min":>8}{"mean":>8}{"max":>8}'
@@ -133,7 +133,7 @@ def main(argv):
       failures[path] = str(e)
       print(f'Skipped: {e}', file=sys.stderr, flush=True)
       continue
-    result = inference.ponder_maps(model, image, config.preprocessing,
+    result = inference.ponder_maps(model, image, config.data.preprocessing,
                                    predict_fn=predict)
     ponder = result.ponder_map
     low, high = float(ponder.min()), float(ponder.max())

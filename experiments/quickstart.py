@@ -10,12 +10,14 @@ unit runs): the printout shows the mechanics, not a trained model's behaviour.
 """
 
 import importlib.resources
+import sys
 
 from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from experiments import startup
 from sact_tf import checkpoints
 from sact_tf import flops as flops_lib
 from sact_tf import models
@@ -98,4 +100,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  startup.show_in_help(sys.argv[0])
   app.run(main)

@@ -7,17 +7,21 @@ import tensorflow as tf
 from sact_tf import train
 
 
-def tiny_config(model_dir, **overrides):
+def tiny_config(model_dir, **sections):
   """An `ExperimentConfig` of a tiny SACT CIFAR ResNet on (mock) cifar10
-  that trains in seconds; `overrides` replace any field."""
+  that trains in seconds; `sections` replace any fields, by section, e.g.
+  `tiny_config(d, loss=dict(tau=0.5), optimizer=dict(train_steps=2))`."""
   values = dict(
-      family='cifar', units=[1, 2, 1], model_type='sact', num_classes=10,
-      base_channels=2, tau=0.01, dataset='cifar10', data_dir='/nonexistent',
-      preprocessing='cifar', image_size=32, eval_image_sizes=[32],
-      batch_size=4, eval_batch_size=3, train_steps=4, learning_rate=0.05,
-      lr_boundaries=[3], label_smoothing=0.0, weight_decay=1e-4,
-      model_dir=str(model_dir), checkpoint_every=2, summary_every=2)
-  values.update(overrides)
+      model=dict(family='cifar', units=[1, 2, 1], model_type='sact',
+                 num_classes=10, base_channels=2),
+      loss=dict(tau=0.01, label_smoothing=0.0, weight_decay=1e-4),
+      optimizer=dict(train_steps=4, learning_rate=0.05, lr_boundaries=[3]),
+      data=dict(dataset='cifar10', data_dir='/nonexistent',
+                preprocessing='cifar', image_size=32, eval_image_sizes=[32],
+                batch_size=4, eval_batch_size=3),
+      run=dict(model_dir=str(model_dir), checkpoint_every=2, summary_every=2))
+  for section, fields in sections.items():
+    values[section].update(fields)
   return train.ExperimentConfig(**values)
 
 

@@ -115,6 +115,25 @@ def test_another_model_in_the_same_directory_is_refused(tmp_path):
                  '--mode=train', *TINY, '--model=1,1,2,1'])
 
 
+def test_set_detector_fields(tmp_path):
+  model_dir = tmp_path / 'run'
+  with tfds.testing.mock_data(as_dataset_fn=_coco_as_dataset):
+    coco.main(['coco', '--dataset=coco/2017', f'--model_dir={model_dir}',
+               f'--data_dir={tmp_path / "data"}', '--train_steps=0',
+               '--mode=train', *TINY, '--set=model.rpn_nms_iou=0.6',
+               '--set=data.flip=false', '--set=loss.tau=0.02'])
+  saved = json.loads((model_dir / 'config.json').read_text())
+  assert saved['model']['rpn_nms_iou'] == 0.6
+  assert saved['data']['flip'] is False and saved['loss']['tau'] == 0.02
+  assert saved['model']['num_proposals'] == 12  # From --num_proposals.
+  # A field's own flag and --set together are refused.
+  from absl import app  # pylint: disable=import-outside-toplevel
+  with pytest.raises(app.UsageError, match='model.num_proposals is also set '
+                     'by --num_proposals'):
+    coco.main(['coco', f'--model_dir={model_dir}', *TINY,
+               '--set=model.num_proposals=20'])
+
+
 def test_missing_coco_names_the_remedy(tmp_path):
   with pytest.raises(data.DatasetNotReadyError, match='tfds build coco/2017'):
     coco.main(['coco', '--dataset=coco/2017', '--nodownload',

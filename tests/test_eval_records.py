@@ -1,6 +1,5 @@
 """Evaluation records: one name per evaluation, nothing silently replaced."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from sact_tf.detection import config as detection_config
 from sact_tf.detection import evaluation as detection_evaluation
 from sact_tf.detection import training as detection_training
 from sact_tf.train import checkpointing
+from sact_tf.train import config as config_lib
 from sact_tf.train import evaluation
 from tests import helpers
 
@@ -30,12 +30,13 @@ def _mock_data():
   plot_flops.FLAGS.unparse_flags()
 
 
-def _config(model_dir, **overrides):
-  values = dict(units=[1, 1, 1], model_type='resnet', eval_batch_size=4,
-                train_steps=2, lr_boundaries=[], label_smoothing=0.1,
-                weight_decay=5e-5, checkpoint_every=1, summary_every=1)
-  values.update(overrides)
-  return helpers.tiny_config(model_dir, **values)
+def _config(model_dir):
+  return helpers.tiny_config(
+      model_dir, model=dict(units=[1, 1, 1], model_type='resnet'),
+      data=dict(eval_batch_size=4),
+      optimizer=dict(train_steps=2, lr_boundaries=[]),
+      loss=dict(label_smoothing=0.1, weight_decay=5e-5),
+      run=dict(checkpoint_every=1, summary_every=1))
 
 
 @pytest.fixture(scope='module', name='trained')
@@ -86,45 +87,47 @@ def test_record_names():
 
 def test_partial_and_overridden_evaluations_get_their_own_records(run):
   summary = train.evaluate(run)
-  standard = os.path.join(run.model_dir, 'eval_test_32px.json')
+  standard = os.path.join(run.run.model_dir, 'eval_test_32px.json')
   assert summary['path'] == standard
   record = _read(standard)
   assert 'path' not in record
-  assert record['checkpoint'] == os.path.join(run.model_dir, 'ckpt-2')
+  assert record['checkpoint'] == os.path.join(run.run.model_dir, 'ckpt-2')
   assert (record['step'], record['num_examples']) == (2, NUM_EXAMPLES)
   assert record['partial'] is False and record['eval_examples'] == 0
   assert record['overrides'] == {} and record['latest_checkpoint'] is True
   assert (record['tau'], record['eps']) == (0.01, 0.01)
-  assert os.path.isdir(os.path.join(run.model_dir, 'eval_test_32px'))
+  assert os.path.isdir(os.path.join(run.run.model_dir, 'eval_test_32px'))
   before = open(standard, 'rb').read()
 
-  partial = train.evaluate(dataclasses.replace(run, eval_examples=3))
-  assert partial['path'] == os.path.join(run.model_dir,
+  partial = train.evaluate(config_lib.replace(run, {'data.eval_examples': 3}))
+  assert partial['path'] == os.path.join(run.run.model_dir,
                                          'eval_test_32px_first3.json')
   record = _read(partial['path'])
   assert record['partial'] is True
   assert (record['num_examples'], record['eval_examples']) == (3, 3)
-  assert os.path.isdir(os.path.join(run.model_dir, 'eval_test_32px_first3'))
+  assert os.path.isdir(os.path.join(run.run.model_dir, 'eval_test_32px_first3'))
   assert 'partial' in train.format_table(partial)
 
-  both = train.evaluate(dataclasses.replace(run, eval_examples=3, tau=0.9))
+  both = train.evaluate(config_lib.replace(run, {'data.eval_examples': 3,
+                                               'loss.tau': 0.9}))
   assert os.path.basename(both['path']) == 'eval_test_32px_first3_tau0.9.json'
   assert _read(both['path'])['overrides'] == {'tau': [0.01, 0.9]}
-  tau = train.evaluate(dataclasses.replace(run, tau=0.9))
+  tau = train.evaluate(config_lib.replace(run, {'loss.tau': 0.9}))
   assert os.path.basename(tau['path']) == 'eval_test_32px_tau0.9.json'
   record = _read(tau['path'])
   assert record['partial'] is False and record['tau'] == 0.9
   assert open(standard, 'rb').read() == before
 
   # A limit beyond the split is every example: the standard record.
-  again = train.evaluate(dataclasses.replace(run, eval_examples=50))
+  again = train.evaluate(config_lib.replace(run, {'data.eval_examples': 50}))
   assert again['path'] == standard and again['partial'] is False
 
   # An explicit older checkpoint gets a step-suffixed record.
-  old = train.evaluate(run, checkpoint=os.path.join(run.model_dir, 'ckpt-1'))
+  old = train.evaluate(run, checkpoint=os.path.join(run.run.model_dir,
+                                                  'ckpt-1'))
   assert os.path.basename(old['path']) == 'eval_test_32px_step1.json'
   assert _read(old['path'])['latest_checkpoint'] is False
-  assert sorted(n for n in os.listdir(run.model_dir) if n.endswith('.json')
+  assert sorted(n for n in os.listdir(run.run.model_dir) if n.endswith('.json')
                 and n.startswith('eval_')) == [
                     'eval_test_32px.json', 'eval_test_32px_first3.json',
                     'eval_test_32px_first3_tau0.9.json',
@@ -151,47 +154,47 @@ def _restore_checkpoint(model_dir, hidden):
 
 def test_a_newer_checkpoint_keeps_the_old_record(run, tmp_path, caplog):
   hidden = str(tmp_path / 'hidden')
-  _hide_checkpoint(run.model_dir, 2, hidden)
+  _hide_checkpoint(run.run.model_dir, 2, hidden)
   first = train.evaluate(run)
   assert first['step'] == 1
   before = open(first['path'], 'rb').read()
-  _restore_checkpoint(run.model_dir, hidden)
+  _restore_checkpoint(run.run.model_dir, hidden)
 
   caplog.set_level('INFO', logger='absl')
   second = train.evaluate(run)
   assert second['path'] == first['path']
   assert _read(second['path'])['step'] == 2
-  kept = os.path.join(run.model_dir, 'eval_test_32px_step1.json')
+  kept = os.path.join(run.run.model_dir, 'eval_test_32px_step1.json')
   assert open(kept, 'rb').read() == before
   assert f'as {kept}' in caplog.text
 
   # The same checkpoint and settings again: replaced, nothing else moved.
   train.evaluate(run)
-  assert sorted(n for n in os.listdir(run.model_dir)
+  assert sorted(n for n in os.listdir(run.run.model_dir)
                 if n.startswith('eval_') and n.endswith('.json')) == [
                     'eval_test_32px.json', 'eval_test_32px_step1.json']
 
 
 def test_an_old_partial_record_at_the_standard_name_is_kept(run):
   """Records written before they said what they hold."""
-  summary = train.evaluate(dataclasses.replace(run, eval_examples=2,
-                                               tau=0.5), write=False)
+  summary = train.evaluate(config_lib.replace(
+      run, {'data.eval_examples': 2, 'loss.tau': 0.5}), write=False)
   for key in ('partial', 'eval_examples', 'overrides', 'latest_checkpoint',
               'eps', 'preprocessing', 'path'):
     del summary[key]
-  standard = os.path.join(run.model_dir, 'eval_test_32px.json')
+  standard = os.path.join(run.run.model_dir, 'eval_test_32px.json')
   with open(standard, 'w', encoding='utf-8') as f:
     json.dump(summary, f)
   before = open(standard, 'rb').read()
   train.evaluate(run)
-  kept = os.path.join(run.model_dir, 'eval_test_32px_first2_tau0.5.json')
+  kept = os.path.join(run.run.model_dir, 'eval_test_32px_first2_tau0.5.json')
   assert open(kept, 'rb').read() == before
   assert _read(standard)['num_examples'] == NUM_EXAMPLES
 
 
 def test_a_partial_record_is_no_baseline(run, capsys):
   full = train.evaluate(run)
-  partial = train.evaluate(dataclasses.replace(run, eval_examples=3))
+  partial = train.evaluate(config_lib.replace(run, {'data.eval_examples': 3}))
   with pytest.raises(ValueError, match='partial evaluation .*first 3 '
                      'examples.*baseline needs a full evaluation'):
     train.baseline_units(_read(partial['path']), source=partial['path'])
@@ -202,15 +205,16 @@ def test_a_partial_record_is_no_baseline(run, capsys):
   assert train.baseline_units(evaluation.read_result(
       full['path'], require_full=True)) == [1, 1, 1]
   # What --baseline_from does with it.
-  cifar10.FLAGS(['cifar10', f'--model_dir={run.model_dir}_baseline',
+  cifar10.FLAGS(['cifar10', f'--model_dir={run.run.model_dir}_baseline',
                  f'--baseline_from={partial["path"]}', '--mode=train'])
   with pytest.raises(ValueError, match='partial evaluation'):
     common.flags_to_config(cifar10.BINARY, cifar10.FLAGS)
 
   # plot_flops: a run directory or a glob gives its standard record only;
   # a partial record named explicitly is plotted with a warning.
-  output = os.path.join(run.model_dir, 'plot.png')
-  for spec in (run.model_dir, os.path.join(run.model_dir, 'eval_*.json')):
+  output = os.path.join(run.run.model_dir, 'plot.png')
+  for spec in (run.run.model_dir,
+               os.path.join(run.run.model_dir, 'eval_*.json')):
     plot_flops.FLAGS.unparse_flags()
     runs = plot_flops.main(['plot_flops', f'--eval_json={spec}',
                             f'--output={output}'])
@@ -241,9 +245,11 @@ def test_detection_records(tmp_path):
           units=[1, 1, 1, 1], model_type='resnet', base_channels=4,
           rpn_depth=8, anchor_base_size=32, anchor_scales=(1,),
           anchor_aspect_ratios=(1,), num_proposals=12),
-      dataset='coco/2017', data_dir=str(tmp_path / 'data'), min_size=48,
-      max_size=64, summary_images=0, model_dir=model_dir)
-  model = detection_training.build_model(config.model)
+      data=detection_config.DataConfig(
+          dataset='coco/2017', data_dir=str(tmp_path / 'data'), min_size=48,
+          max_size=64),
+      run=detection_config.RunConfig(summary_images=0, model_dir=model_dir))
+  model = detection_training.build_model(config.model, config.loss)
   checkpointing.write_model_checkpoint(model, model_dir, step=3)
   detection_config.save(config)
   with tfds.testing.mock_data(as_dataset_fn=_coco_as_dataset):
@@ -258,7 +264,8 @@ def test_detection_records(tmp_path):
               for n in ('eval_validation.json', 'detections_validation.json')]
 
     partial = detection_evaluation.evaluate(
-        dataclasses.replace(config, eval_examples=2, min_size=56))
+        config_lib.replace(config, {'data.eval_examples': 2,
+                                    'data.min_size': 56}))
     assert os.path.basename(partial['path']) == (
         'eval_validation_first2_min_size56.json')
     record = _read(partial['path'])

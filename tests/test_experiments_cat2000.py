@@ -30,11 +30,12 @@ def _reset_flags():
 
 def _make_run(model_dir, model_type):
   """A tiny untrained ImageNet-family run: config.json + checkpoint."""
-  config = ExperimentConfig(family='imagenet', units=[1, 1, 1, 1],
-                            base_channels=4, num_classes=10,
-                            model_type=model_type, preprocessing='inception',
-                            image_size=48, eval_image_sizes=[48],
-                            model_dir=str(model_dir))
+  config = ExperimentConfig(
+      model=dict(family='imagenet', units=[1, 1, 1, 1], base_channels=4,
+                 num_classes=10, model_type=model_type),
+      data=dict(preprocessing='inception', image_size=48,
+                eval_image_sizes=[48]),
+      run=dict(model_dir=str(model_dir)))
   model = checkpointing.build_model(config.model_kwargs())
   checkpointing.write_model_checkpoint(model, str(model_dir))
   config_lib.save(config)

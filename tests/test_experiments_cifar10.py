@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+from absl import app
 from absl import flags
 import pytest
 import tensorflow as tf
@@ -41,19 +42,83 @@ def _env():
 def test_recipe_defaults(tmp_path):
   cifar10.FLAGS(['cifar10', f'--model_dir={tmp_path}'])
   config = common.flags_to_config(cifar10.BINARY, cifar10.FLAGS)
-  assert config.units == [5, 5, 5] and config.family == 'cifar'
-  assert config.model_type == 'sact' and config.tau == 0.01
-  assert config.batch_size == 128 and config.train_steps == 100_000
-  assert config.learning_rate == 0.1
-  assert config.lr_boundaries == [60_000, 75_000, 90_000]
-  assert config.learning_rates() == pytest.approx([0.1, 0.01, 1e-3, 1e-4])
-  assert config.weight_decay == 1e-4 and config.label_smoothing == 0.0
-  assert config.preprocessing == 'cifar' and config.image_size == 32
+  model, loss, optimizer, data_config = (
+      config.model, config.loss, config.optimizer, config.data)
+  assert model.units == [5, 5, 5] and model.family == 'cifar'
+  assert model.model_type == 'sact' and loss.tau == 0.01
+  assert data_config.batch_size == 128 and optimizer.train_steps == 100_000
+  assert optimizer.learning_rate == 0.1
+  assert optimizer.lr_boundaries == [60_000, 75_000, 90_000]
+  assert optimizer.learning_rates() == pytest.approx([0.1, 0.01, 1e-3, 1e-4])
+  assert loss.weight_decay == 1e-4 and loss.label_smoothing == 0.0
+  assert data_config.preprocessing == 'cifar' and data_config.image_size == 32
 
 
 def test_unknown_model_is_a_flag_error():
   with pytest.raises(flags.IllegalFlagValueError, match='Unknown CIFAR'):
     cifar10.FLAGS(['cifar10', '--model=5,5'])
+
+
+def test_set_any_field_of_each_section(tmp_path):
+  cifar10.FLAGS(['cifar10', f'--model_dir={tmp_path}',
+                 '--set=model.eps=0.02', '--set=loss.label_smoothing=0.1',
+                 '--set=optimizer.momentum=0.95',
+                 '--set=optimizer.train_steps=1000',
+                 '--set=data.download=false', '--set=run.seed=7'])
+  config = common.flags_to_config(cifar10.BINARY, cifar10.FLAGS)
+  assert config.model.eps == 0.02 and config.loss.label_smoothing == 0.1
+  assert config.optimizer.momentum == 0.95
+  assert config.data.download is False and config.run.seed == 7
+  # A field set with --set is what its flag would give: the drops follow.
+  assert config.optimizer.train_steps == 1000
+  assert config.optimizer.lr_boundaries == [600, 750, 900]
+  # The rest keeps the recipe.
+  assert config.loss.tau == 0.01 and config.model.units == [5, 5, 5]
+  assert 'momentum (float)' in cifar10.FLAGS['set'].help
+
+
+def test_set_is_saved_in_config_json(tmp_path):
+  with tfds.testing.mock_data(num_examples=5):
+    cifar10.main(['cifar10', f'--model_dir={tmp_path}', '--train_steps=1',
+                  '--mode=train', '--model_type=resnet', *TINY,
+                  '--set=model.halting_bias_init=-2.0',
+                  '--set=optimizer.lr_decay=0.5',
+                  '--set=data.eval_image_sizes=32,40'])
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['model']['halting_bias_init'] == -2.0
+  assert saved['optimizer']['lr_decay'] == 0.5
+  assert saved['data']['eval_image_sizes'] == [32, 40]
+  assert saved['data']['batch_size'] == 4  # From --batch_size.
+
+
+@pytest.mark.parametrize('entry, message', [
+    ('model.epz=0.02', r'model.epz is not a key. The keys of section model: '
+     r'family \(str\), units \(ints\)'),
+    ('optimizer.momentum=fast', r"optimizer.momentum takes a number "
+     r"\(float\), got 'fast'. The keys of section optimizer: .*momentum "
+     r'\(float\)'),
+])
+def test_unknown_or_bad_setting_is_a_flag_error(tmp_path, entry, message):
+  with pytest.raises(flags.IllegalFlagValueError, match=message):
+    cifar10.main(['cifar10', f'--model_dir={tmp_path}', f'--set={entry}'])
+
+
+def test_set_and_the_fields_own_flag_conflict(tmp_path):
+  cifar10.FLAGS(['cifar10', f'--model_dir={tmp_path}', '--tau=0.1',
+                 '--set=loss.tau=0.2'])
+  with pytest.raises(ValueError, match=r'--set=loss.tau=0.2: loss.tau is '
+                     'also set by --tau; give one of them'):
+    common.flags_to_config(cifar10.BINARY, cifar10.FLAGS)
+  cifar10.FLAGS.unparse_flags()
+  with pytest.raises(app.UsageError, match='data.batch_size is also set by '
+                     '--batch_size'):
+    cifar10.main(['cifar10', f'--model_dir={tmp_path}', '--batch_size=8',
+                  '--set=data.batch_size=4'])
+  cifar10.FLAGS.unparse_flags()
+  # A value of the right type that the config refuses names the field.
+  cifar10.FLAGS(['cifar10', f'--model_dir={tmp_path}', '--set=model.eps=2'])
+  with pytest.raises(ValueError, match='eps must be in the open interval'):
+    common.flags_to_config(cifar10.BINARY, cifar10.FLAGS)
 
 
 @pytest.mark.slow

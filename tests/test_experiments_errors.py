@@ -101,11 +101,12 @@ def test_restart_with_other_flags_via_the_binary(tmp_path):
     cifar10.FLAGS.unparse_flags()
     cifar10.main(run + ['--train_steps=30', '--checkpoint_every=10'])
   resumed = config_lib.load(str(tmp_path))
-  assert resumed.lr_boundaries == saved.lr_boundaries
-  assert resumed.train_steps == 30
-  assert resumed.history[0]['changed'] == {'train_steps': [2, 30]}
+  assert resumed.optimizer.lr_boundaries == saved.optimizer.lr_boundaries
+  assert resumed.optimizer.train_steps == 30
+  assert resumed.run.history[0]['changed'] == {
+      'optimizer.train_steps': [2, 30]}
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-30')
-  assert resumed.learning_rate == saved.learning_rate
+  assert resumed.optimizer.learning_rate == saved.optimizer.learning_rate
 
   # A truncated newest checkpoint: evaluation names it and the intact one
   # to pass as --checkpoint, which then works.

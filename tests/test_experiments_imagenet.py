@@ -68,15 +68,17 @@ def test_config_follows_the_recipe(tmp_path):
   from experiments import common  # pylint: disable=import-outside-toplevel
   imagenet.FLAGS(['imagenet', f'--model_dir={tmp_path}', '--batch_size=64'])
   config = common.flags_to_config(imagenet.BINARY, imagenet.FLAGS)
-  assert config.units == [3, 4, 23, 3]
-  assert config.model_type == 'sact' and config.tau == 0.005
-  assert config.learning_rate == pytest.approx(0.1)
+  assert config.model.units == [3, 4, 23, 3]
+  assert config.model.model_type == 'sact' and config.loss.tau == 0.005
+  assert config.optimizer.learning_rate == pytest.approx(0.1)
   steps_per_epoch = 1_281_167 / 64
-  assert config.train_steps == pytest.approx(90 * steps_per_epoch, abs=1)
-  assert config.lr_boundaries == [round(30 * steps_per_epoch),
-                                  round(60 * steps_per_epoch)]
-  assert config.label_smoothing == 0.1 and config.weight_decay == 5e-5
-  assert config.num_classes == 1001 and config.image_size == 224
+  assert config.optimizer.train_steps == pytest.approx(90 * steps_per_epoch,
+                                                       abs=1)
+  assert config.optimizer.lr_boundaries == [round(30 * steps_per_epoch),
+                                            round(60 * steps_per_epoch)]
+  assert (config.loss.label_smoothing == 0.1
+          and config.loss.weight_decay == 5e-5)
+  assert config.model.num_classes == 1001 and config.data.image_size == 224
 
 
 @pytest.mark.slow
@@ -87,7 +89,8 @@ def test_train_and_eval_on_mock_imagenet(tmp_path, capsys):
          '--model=1,1,1,1', '--eval_image_size=32,40', *TINY)
   assert tf.train.latest_checkpoint(str(model_dir)).endswith('ckpt-3')
   saved = json.loads((model_dir / 'config.json').read_text())
-  assert saved['units'] == [1, 1, 1, 1] and saved['model_type'] == 'act'
+  assert (saved['model']['units'] == [1, 1, 1, 1]
+          and saved['model']['model_type'] == 'act')
   for size in (32, 40):
     summary = json.loads((model_dir / f'eval_validation_{size}px.json')
                          .read_text())
@@ -130,9 +133,9 @@ def test_clutter_digits_sact_and_its_baseline(tmp_path, tmp_path_factory):
   _run(f'--model_dir={baseline_dir}', f'--baseline_from={result}',
        '--train_steps=1', '--mode=train', *common)
   baseline = json.loads((baseline_dir / 'config.json').read_text())
-  assert baseline['model_type'] == 'resnet'
-  assert baseline['init_mode'] == 'baseline'
-  assert baseline['units'] == [
+  assert baseline['model']['model_type'] == 'resnet'
+  assert baseline['run']['init_mode'] == 'baseline'
+  assert baseline['model']['units'] == [
       max(1, int(b['units_mean'] + 0.5)) for b in summary['blocks']]
 
   imagenet.FLAGS.unparse_flags()

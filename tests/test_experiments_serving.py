@@ -20,7 +20,7 @@ from experiments import export as export_binary
 from experiments import imagenet
 from experiments import import_checkpoint
 from experiments import ponder_map
-from sact_tf import checkpoints, data, inference, models, viz
+from sact_tf import checkpoints, inference, models, viz
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
 
@@ -63,7 +63,7 @@ def test_imported_oracle_reproduces_the_authors_outputs(oracle_run):
   assert config.model_fields() == dict(
       family='imagenet', units=[2, 3, 4, 2], model_type='sact',
       num_classes=7, base_channels=8)
-  assert config.preprocessing == 'inception'
+  assert config.data.preprocessing == 'inception'
   oracle = np.load(ORACLE + '.npz')
   out = model(tf.constant(oracle['images']), training=False)
   error = np.abs(out['logits'].numpy() - oracle['logits']).max()
@@ -144,8 +144,8 @@ def test_finetune_from_the_imported_model(oracle_run, tmp_path,
       '--mode=train', '--train_steps=1', '--batch_size=2',
       '--image_size=32', '--learning_rate=1e-9'])
   saved = config_lib.load(str(model_dir))
-  assert saved.init_mode == 'finetune'
-  assert saved.init_model['num_classes'] == 7
+  assert saved.run.init_mode == 'finetune'
+  assert saved.run.init_model['num_classes'] == 7
   _, tuned, _ = checkpointing.load_run(str(model_dir))
   _, source, _ = checkpointing.load_run(oracle_run)
   weights = {v.path: v.numpy() for v in source.variables}
@@ -243,11 +243,13 @@ def test_tools_explain_what_is_missing(tmp_path):
 
 def _tiny_run(model_dir, family='cifar', model_type='sact'):
   config = config_lib.ExperimentConfig(
-      family=family, units=[1, 1, 1] if family == 'cifar' else [1, 1, 1, 1],
-      model_type=model_type, num_classes=10, base_channels=4,
-      dataset='cifar10' if family == 'cifar' else 'imagenet2012',
-      preprocessing='cifar' if family == 'cifar' else 'inception',
-      image_size=32, eval_image_sizes=[32], model_dir=str(model_dir))
+      model=dict(family=family,
+                 units=[1, 1, 1] if family == 'cifar' else [1, 1, 1, 1],
+                 model_type=model_type, num_classes=10, base_channels=4),
+      data=dict(dataset='cifar10' if family == 'cifar' else 'imagenet2012',
+                preprocessing='cifar' if family == 'cifar' else 'inception',
+                image_size=32, eval_image_sizes=[32]),
+      run=dict(model_dir=str(model_dir)))
   model = checkpointing.build_model(config.model_kwargs())
   checkpointing.write_model_checkpoint(model, str(model_dir))
   config_lib.save(config)

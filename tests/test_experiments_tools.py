@@ -34,17 +34,19 @@ def _reset_flags():
   ponder_map.FLAGS.unparse_flags()
 
 
-def _make_run(model_dir, **overrides):
+def _make_run(model_dir, model=None, data=None):
   """A run directory as training leaves it (config.json + checkpoint),
-  without the cost of training."""
-  values = dict(
-      family='imagenet', units=[1, 2, 1, 1], model_type='sact',
-      num_classes=10, base_channels=2, dataset='cifar10',
-      data_dir='/nonexistent', preprocessing='inception', image_size=32,
-      eval_image_sizes=[32], batch_size=4, eval_batch_size=3, train_steps=2,
-      model_dir=str(model_dir))
-  values.update(overrides)
-  config = train.ExperimentConfig(**values)
+  without the cost of training; `model` and `data` replace fields of those
+  sections."""
+  config = train.ExperimentConfig(
+      model=dict(dict(family='imagenet', units=[1, 2, 1, 1],
+                      model_type='sact', num_classes=10, base_channels=2),
+                 **(model or {})),
+      data=dict(dict(dataset='cifar10', data_dir='/nonexistent',
+                     preprocessing='inception', image_size=32,
+                     eval_image_sizes=[32], batch_size=4, eval_batch_size=3),
+                **(data or {})),
+      optimizer=dict(train_steps=2), run=dict(model_dir=str(model_dir)))
   model = train.build_model(config)
   checkpointing.write_model_checkpoint(model, str(model_dir), step=3)
   config_lib.save(config)
@@ -107,8 +109,9 @@ def test_export_ponder_writes_per_example_maps(sact_dir, tmp_path, capsys):
 
 def test_export_of_a_plain_resnet_has_no_ponder_arrays(tmp_path):
   model_dir = tmp_path / 'plain'
-  _make_run(model_dir, family='cifar', units=[1, 1, 1], model_type='resnet',
-            preprocessing='cifar')
+  _make_run(model_dir,
+            model=dict(family='cifar', units=[1, 1, 1], model_type='resnet'),
+            data=dict(preprocessing='cifar'))
   with tfds.testing.mock_data(num_examples=3):
     result = export_maps.export_run(str(model_dir), str(tmp_path / 'p.npz'))
   arrays, metadata = export_maps.load(result['output'])

@@ -20,11 +20,13 @@ from sact_tf.train import rundir
 from tests import helpers
 
 
-def _config(model_dir, **overrides):
-  values = dict(units=[1, 1, 1], model_type='resnet', train_steps=3,
-                lr_boundaries=[2], checkpoint_every=1, summary_every=1,
-                keep_checkpoints=5)
-  values.update(overrides)
+def _config(model_dir, **sections):
+  values = dict(model=dict(units=[1, 1, 1], model_type='resnet'),
+                optimizer=dict(train_steps=3, lr_boundaries=[2]),
+                run=dict(checkpoint_every=1, summary_every=1,
+                         keep_checkpoints=5))
+  for section, fields in sections.items():
+    values[section] = dict(values.get(section, {}), **fields)
   return helpers.tiny_config(model_dir, **values)
 
 
@@ -123,13 +125,13 @@ def test_no_intact_checkpoint_is_refused_until_told_to_restart(run):
 
 def test_restart_from_scratch_moves_the_old_run_aside(run):
   before = (run / 'ckpt-3.data-00000-of-00001').read_bytes()
-  new = _config(run, learning_rate=0.01, lr_boundaries=[])
+  new = _config(run, optimizer=dict(learning_rate=0.01, lr_boundaries=[]))
   train.train(new, restart_from_scratch=True)
   replaced = [p for p in run.iterdir() if p.name.startswith('replaced-')]
   assert len(replaced) == 1
   assert (replaced[0] / 'ckpt-3.data-00000-of-00001').read_bytes() == before
   assert (replaced[0] / 'config.json').exists()
-  assert config_lib.load(str(run)).learning_rate == 0.01
+  assert config_lib.load(str(run)).optimizer.learning_rate == 0.01
 
 
 def test_interrupted_saves_leave_no_temp_folders(run):
@@ -141,8 +143,8 @@ def test_interrupted_saves_leave_no_temp_folders(run):
 
 def test_changed_settings_are_refused_or_recorded(run):
   before = (run / 'config.json').read_text()
-  changed = _config(run, tau=0.5, learning_rate=0.1, batch_size=2,
-                    train_steps=4)
+  changed = _config(run, loss=dict(tau=0.5), data=dict(batch_size=2),
+                    optimizer=dict(learning_rate=0.1, train_steps=4))
   with pytest.raises(ValueError) as error:
     train.train(changed)
   message = str(error.value)
@@ -152,25 +154,27 @@ def test_changed_settings_are_refused_or_recorded(run):
   assert (run / 'config.json').read_text() == before
   train.train(changed, allow_changed=True)
   saved = config_lib.load(str(run))
-  assert saved.tau == 0.5
-  [entry] = saved.history
+  assert saved.loss.tau == 0.5
+  [entry] = saved.run.history
   assert entry['step'] == 3
-  assert entry['changed']['tau'] == [0.01, 0.5]
-  assert entry['changed']['train_steps'] == [3, 4]
+  assert entry['changed']['loss.tau'] == [0.01, 0.5]
+  assert entry['changed']['optimizer.train_steps'] == [3, 4]
   # More steps need no flag; they are recorded.
-  train.train(_config(run, tau=0.5, learning_rate=0.1, batch_size=2,
-                      train_steps=5))
-  assert config_lib.load(str(run)).history[1]['changed'] == {
-      'train_steps': [4, 5]}
+  train.train(_config(run, loss=dict(tau=0.5), data=dict(batch_size=2),
+                      optimizer=dict(learning_rate=0.1, train_steps=5)))
+  assert config_lib.load(str(run)).run.history[1]['changed'] == {
+      'optimizer.train_steps': [4, 5]}
   # Settings that do not change the training may change freely.
-  train.train(_config(run, tau=0.5, learning_rate=0.1, batch_size=2,
-                      train_steps=5, eval_batch_size=7, summary_every=3))
-  assert len(config_lib.load(str(run)).history) == 2
+  train.train(_config(run, loss=dict(tau=0.5),
+                      data=dict(batch_size=2, eval_batch_size=7),
+                      optimizer=dict(learning_rate=0.1, train_steps=5),
+                      run=dict(summary_every=3)))
+  assert len(config_lib.load(str(run)).run.history) == 2
 
 
 def test_a_rising_learning_rate_is_logged(caplog):
-  saved = _config('/x', train_steps=10, lr_boundaries=[5])
-  longer = _config('/x', train_steps=20, lr_boundaries=[15])
+  saved = _config('/x', optimizer=dict(train_steps=10, lr_boundaries=[5]))
+  longer = _config('/x', optimizer=dict(train_steps=20, lr_boundaries=[15]))
   with caplog.at_level(logging.WARNING, logger='absl'):
     config_lib.resume_config(longer, saved, step=10, allow_changed=True)
   assert 'learning rate at step 10 goes up from 0.005' in caplog.text
@@ -179,7 +183,7 @@ def test_a_rising_learning_rate_is_logged(caplog):
 def test_a_second_trainer_is_refused_while_the_first_holds_the_lock(run):
   with rundir.RunLock(str(run)):
     with pytest.raises(rundir.RunDirectoryLockedError) as error:
-      train.train(_config(run, seed=1))
+      train.train(_config(run, run=dict(seed=1)))
   message = str(error.value)
   assert f'process {os.getpid()} on host {socket.gethostname()}' in message
   assert 'train.lock' in message
@@ -223,24 +227,28 @@ def test_lock_heartbeat_updates_the_record(tmp_path):
 
 
 def test_resolve_completes_the_given_settings_from_the_saved_run(tmp_path):
-  saved = _config(tmp_path, units=[1, 2, 1], tau=0.5, eps=0.05,
-                  lr_boundaries=[60, 90], train_steps=100)
-  given = _config(tmp_path, units=[2, 2, 2], tau=0.1, train_steps=80,
-                  lr_boundaries=[10])
+  saved = _config(tmp_path, model=dict(units=[1, 2, 1], eps=0.05),
+                  loss=dict(tau=0.5),
+                  optimizer=dict(lr_boundaries=[60, 90], train_steps=100))
+  given = _config(tmp_path, model=dict(units=[2, 2, 2]), loss=dict(tau=0.1),
+                  optimizer=dict(train_steps=80, lr_boundaries=[10]))
   # --mode=eval: the saved model, unless given (here --tau).
-  evaluated = config_lib.resolve(given, saved, 'eval', given={'tau'})
-  assert evaluated.units == [1, 2, 1] and evaluated.eps == 0.05
-  assert evaluated.tau == 0.1
-  assert given.units == [2, 2, 2]  # A new config; the given one unchanged.
+  evaluated = config_lib.resolve(given, saved, 'eval', given={'loss.tau'})
+  assert evaluated.model.units == [1, 2, 1] and evaluated.model.eps == 0.05
+  assert evaluated.loss.tau == 0.1
+  # A new config; the given one unchanged.
+  assert given.model.units == [2, 2, 2]
   # Training: the saved drops (those before the end), unless given.
   resumed = config_lib.resolve(given, saved, 'train')
-  assert resumed.lr_boundaries == [60] and resumed.units == [2, 2, 2]
-  assert config_lib.resolve(given, saved, 'train',
-                            given={'lr_boundaries'}).lr_boundaries == [10]
+  assert resumed.optimizer.lr_boundaries == [60]
+  assert resumed.model.units == [2, 2, 2]
+  assert config_lib.resolve(
+      given, saved, 'train',
+      given={'optimizer.lr_boundaries'}).optimizer.lr_boundaries == [10]
   assert config_lib.resolve(given, None, 'eval') is given
-  other = helpers.tiny_config(tmp_path, family='imagenet', units=[1, 1, 1, 1],
-                              dataset='imagenet2012',
-                              preprocessing='inception')
+  other = helpers.tiny_config(
+      tmp_path, model=dict(family='imagenet', units=[1, 1, 1, 1]),
+      data=dict(dataset='imagenet2012', preprocessing='inception'))
   with pytest.raises(ValueError, match="family 'imagenet', not 'cifar'"):
     config_lib.resolve(given, other, 'eval')
   with pytest.raises(ValueError, match='mode must be'):

@@ -38,12 +38,15 @@ def run_dir(tmp_path_factory):
   and its evaluation: logs in train/ and eval_test_32px/."""
   model_dir = tmp_path_factory.mktemp('run')
   config = train.ExperimentConfig(
-      family='imagenet', units=[1, 2, 1, 1], model_type='sact',
-      num_classes=10, base_channels=2, tau=0.01, dataset='cifar10',
-      data_dir='/nonexistent', preprocessing='inception', image_size=32,
-      eval_image_sizes=[32], batch_size=4, eval_batch_size=3, train_steps=2,
-      learning_rate=0.05, model_dir=str(model_dir), checkpoint_every=2,
-      summary_every=1)
+      model=dict(family='imagenet', units=[1, 2, 1, 1], model_type='sact',
+                 num_classes=10, base_channels=2),
+      loss=dict(tau=0.01),
+      data=dict(dataset='cifar10', data_dir='/nonexistent',
+                preprocessing='inception', image_size=32,
+                eval_image_sizes=[32], batch_size=4, eval_batch_size=3),
+      optimizer=dict(train_steps=2, learning_rate=0.05),
+      run=dict(model_dir=str(model_dir), checkpoint_every=2,
+               summary_every=1))
   with tfds.testing.mock_data(num_examples=5):
     train.train(config)
     train.evaluate(config)

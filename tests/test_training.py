@@ -32,7 +32,8 @@ def _sact_run(tmp_path_factory):
   """A SACT model trained for 2 steps (tracing the halting loop is slow, so
   the tests share it)."""
   model_dir = tmp_path_factory.mktemp('sact')
-  config = _config(model_dir, units=[1, 3, 1], train_steps=2)
+  config = _config(model_dir, model=dict(units=[1, 3, 1]),
+                   optimizer=dict(train_steps=2))
   with tfds.testing.mock_data(num_examples=7):
     train.train(config)
   return config
@@ -54,20 +55,20 @@ def _tensors(log_dir, tag):
 
 def test_config_rejects_bad_values_by_name(tmp_path):
   with pytest.raises(ValueError, match='tau'):
-    _config(tmp_path, tau=-0.1)
+    _config(tmp_path, loss=dict(tau=-0.1))
   with pytest.raises(ValueError, match='units'):
-    _config(tmp_path, units=[1, 2])
+    _config(tmp_path, model=dict(units=[1, 2]))
   with pytest.raises(ValueError, match='lr_boundaries'):
-    _config(tmp_path, lr_boundaries=[5, 3])
+    _config(tmp_path, optimizer=dict(lr_boundaries=[5, 3]))
   with pytest.raises(ValueError, match='init_checkpoint and init_mode'):
-    _config(tmp_path, init_checkpoint='x')
+    _config(tmp_path, run=dict(init_checkpoint='x'))
   with pytest.raises(ValueError, match='Unknown dataset'):
-    _config(tmp_path, dataset='mnist')
+    _config(tmp_path, data=dict(dataset='mnist'))
   config = _config(tmp_path)
   again = train.ExperimentConfig.from_dict(json.loads(json.dumps(
       config.to_dict())))
   assert again == config
-  assert config.learning_rates() == pytest.approx([0.05, 0.005])
+  assert config.optimizer.learning_rates() == pytest.approx([0.05, 0.005])
 
 
 def test_write_json_is_atomic(tmp_path):
@@ -80,13 +81,14 @@ def test_write_json_is_atomic(tmp_path):
 
 
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
-  plain = dict(model_type='resnet')
+  plain = dict(model=dict(model_type='resnet'))
   straight = _config(tmp_path / 'straight', **plain)
   result = train.train(straight)
   assert result.step == 4
   assert result.checkpoint.endswith('ckpt-4')
 
-  interrupted = _config(tmp_path / 'resumed', train_steps=2, **plain)
+  interrupted = _config(tmp_path / 'resumed',
+                        optimizer=dict(train_steps=2), **plain)
   train.train(interrupted)
   resumed = _config(tmp_path / 'resumed', **plain)
   train.train(resumed)
@@ -109,13 +111,15 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  good = _config(tmp_path, train_steps=2, checkpoint_every=1,
-                 model_type='resnet')
+  good = _config(tmp_path, optimizer=dict(train_steps=2),
+                 run=dict(checkpoint_every=1),
+                 model=dict(model_type='resnet'))
   train.train(good)
   before = _weights(tmp_path, good)
-  diverging = _config(tmp_path, train_steps=6, checkpoint_every=1,
-                      learning_rate=1e30, lr_boundaries=[],
-                      model_type='resnet')
+  diverging = _config(tmp_path, run=dict(checkpoint_every=1),
+                      optimizer=dict(train_steps=6, learning_rate=1e30,
+                                     lr_boundaries=[]),
+                      model=dict(model_type='resnet'))
   with pytest.raises(train.TrainingDivergedError) as error:
     train.train(diverging, allow_changed=True)
   latest = tf.train.latest_checkpoint(str(tmp_path))
@@ -134,15 +138,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_model_dir_of_another_model_is_refused(sact_run):
   with pytest.raises(ValueError, match='units'):
-    train.train(_config(sact_run.model_dir, units=[2, 2, 2]))
+    train.train(_config(sact_run.run.model_dir, model=dict(units=[2, 2, 2])))
   with pytest.raises(ValueError, match='model_type'):
-    train.evaluate(_config(sact_run.model_dir, units=[1, 3, 1],
-                           model_type='act'))
+    train.evaluate(_config(sact_run.run.model_dir,
+                           model=dict(units=[1, 3, 1], model_type='act')))
 
 
 def test_evaluation_writes_json_tensorboard_and_table(sact_run):
   config = sact_run
-  tmp_path = pathlib.Path(config.model_dir)
+  tmp_path = pathlib.Path(config.run.model_dir)
   summary = train.evaluate(config)
   assert summary['num_examples'] == 7
   assert summary['step'] == 2
@@ -176,17 +180,20 @@ def test_evaluation_without_checkpoint_says_so(tmp_path):
 
 
 def test_finetune_copies_all_but_the_halting_heads(tmp_path):
-  plain = _config(tmp_path / 'plain', model_type='resnet', train_steps=1)
+  plain = _config(tmp_path / 'plain', model=dict(model_type='resnet'),
+                  optimizer=dict(train_steps=1))
   train.train(plain)
   plain_weights = _weights(tmp_path / 'plain', plain)
 
-  sact = _config(tmp_path / 'sact', learning_rate=1e-12, lr_boundaries=[],
-                 model_type='act', train_steps=1,
-                 init_checkpoint=str(tmp_path / 'plain'),
-                 init_mode='finetune', init_model=plain.model_fields())
+  sact = _config(tmp_path / 'sact', model=dict(model_type='act'),
+                 optimizer=dict(learning_rate=1e-12, lr_boundaries=[],
+                                train_steps=1),
+                 run=dict(init_checkpoint=str(tmp_path / 'plain'),
+                          init_mode='finetune',
+                          init_model=plain.model_fields()))
   model = train.build_model(sact)
   summary = checkpointing.init_from_checkpoint(
-      model, sact.init_checkpoint, sact.init_model, 'finetune')
+      model, sact.run.init_checkpoint, sact.run.init_model, 'finetune')
   heads = [v for v in model.variables
            if checkpointing.is_halting_variable(v.path)]
   assert summary.copied == len(model.variables) - len(heads)
@@ -207,20 +214,23 @@ def test_baseline_takes_the_first_units(tmp_path, sact_run):
   with pytest.raises(ValueError, match='units_mean'):
     train.baseline_units({'top1': 0.5})
 
-  baseline = _config(tmp_path / 'baseline', model_type='resnet',
-                     units=[1, 2, 1], init_checkpoint=sact.model_dir,
-                     init_mode='baseline', init_model=sact.model_fields())
+  baseline = _config(tmp_path / 'baseline',
+                     model=dict(model_type='resnet', units=[1, 2, 1]),
+                     run=dict(init_checkpoint=sact.run.model_dir,
+                              init_mode='baseline',
+                              init_model=sact.model_fields()))
   model = train.build_model(baseline)
-  checkpointing.init_from_checkpoint(model, baseline.init_checkpoint,
-                                     baseline.init_model, 'baseline')
-  source = _weights(sact.model_dir, sact)
+  checkpointing.init_from_checkpoint(model, baseline.run.init_checkpoint,
+                                     baseline.run.init_model, 'baseline')
+  source = _weights(sact.run.model_dir, sact)
   for variable in model.variables:
     np.testing.assert_array_equal(variable.numpy(), source[variable.path])
 
-  too_deep = _config(tmp_path / 'deep', model_type='resnet', units=[1, 4, 1])
+  too_deep = _config(tmp_path / 'deep',
+                     model=dict(model_type='resnet', units=[1, 4, 1]))
   with pytest.raises(ValueError, match='not in the checkpoint'):
     checkpointing.init_from_checkpoint(
-        train.build_model(too_deep), sact.model_dir, sact.model_fields(),
+        train.build_model(too_deep), sact.run.model_dir, sact.model_fields(),
         'baseline')
 
 
@@ -229,13 +239,14 @@ def test_model_checkpoint_without_model_is_refused(tmp_path):
     checkpointing.resolve(str(tmp_path))
   model = train.build_model(_config(tmp_path))
   prefix = checkpointing.write_model_checkpoint(model, str(tmp_path / 'ck'))
-  other = train.build_model(_config(tmp_path, base_channels=4))
+  other = train.build_model(_config(tmp_path, model=dict(base_channels=4)))
   with pytest.raises(ValueError, match='does not fit'):
     checkpointing.restore_model(other, prefix)
 
 
 def test_mirrored_strategy_trains(tmp_path):
-  config = _config(tmp_path, model_type='resnet', train_steps=2)
+  config = _config(tmp_path, model=dict(model_type='resnet'),
+                   optimizer=dict(train_steps=2))
   result = train.train(config, tf.distribute.MirroredStrategy(['/cpu:0']))
   assert result.step == 2
   assert np.isfinite(result.metrics['loss'])
@@ -261,7 +272,7 @@ def _image_sizes(accumulator, tag):
 def test_ponder_summaries_in_the_train_and_eval_logs(sact_run):
   config = sact_run
   blocks = ['block_1', 'block_2', 'block_3']
-  train_log = _accumulator(os.path.join(config.model_dir, 'train'))
+  train_log = _accumulator(os.path.join(config.run.model_dir, 'train'))
   tags = set(train_log.Tags()['tensors'])
   for tag in ['ponder_map/total', 'ponder_map/legend', 'flops_per_image'] + [
       f'{kind}/{name}' for name in blocks
@@ -278,7 +289,8 @@ def test_ponder_summaries_in_the_train_and_eval_logs(sact_run):
   # At 24 px (a run directory of its own, eval_test_24px).
   with tfds.testing.mock_data(num_examples=7):
     train.evaluate(config, image_size=24)
-  eval_log = _accumulator(os.path.join(config.model_dir, 'eval_test_24px'))
+  eval_log = _accumulator(os.path.join(config.run.model_dir,
+                                      'eval_test_24px'))
   # The first batch (eval_batch_size=3) and the legend.
   assert _image_sizes(eval_log, 'ponder_map/total') == [(2, [52, 24], 3)]
   assert _image_sizes(eval_log, 'ponder_map/block_3') == [(2, [52, 24], 3)]
@@ -292,12 +304,12 @@ def test_ponder_summaries_in_the_train_and_eval_logs(sact_run):
     buckets = tf.make_ndarray(event.tensor_proto)
     assert buckets[:, 2].sum() == 7 * positions
     assert buckets[0, 0] == 1.0 and buckets[-1, 1] == (
-        config.units[blocks.index(name)] + 1.0)
+        config.model.units[blocks.index(name)] + 1.0)
 
 
 def test_plain_resnet_writes_no_ponder_images(tmp_path):
-  config = _config(tmp_path, model_type='resnet', train_steps=1,
-                   summary_every=1)
+  config = _config(tmp_path, model=dict(model_type='resnet'),
+                   optimizer=dict(train_steps=1), run=dict(summary_every=1))
   train.train(config)
   train.evaluate(config)
   for run in ('train', 'eval_test_32px'):
@@ -312,9 +324,10 @@ def test_shared_loop_windows_checkpoints_and_divergence(tmp_path):
   model = keras.Sequential([keras.layers.Dense(1, name='dense')])
   model.build((None, 2))
   optimizer, step = steps_lib.make_optimizer(model, 0.1, 0.9)
-  config = types.SimpleNamespace(model_dir=str(tmp_path), train_steps=5,
-                                 summary_every=2, checkpoint_every=3,
-                                 keep_checkpoints=5)
+  config = types.SimpleNamespace(
+      optimizer=types.SimpleNamespace(train_steps=5),
+      run=types.SimpleNamespace(model_dir=str(tmp_path), summary_every=2,
+                                checkpoint_every=3, keep_checkpoints=5))
   manager, _, latest = steps_lib.restore_or_initialise(
       model, optimizer, step, config, tf.distribute.get_strategy())
   assert latest is None
@@ -337,7 +350,7 @@ def test_shared_loop_windows_checkpoints_and_divergence(tmp_path):
   assert int(step.numpy()) == 5
   assert [int(p.rsplit('-', 1)[1]) for p in manager.checkpoints] == [3, 5]
   assert path == manager.latest_checkpoint
-  assert steps_lib.already_trained(5, config.train_steps)
+  assert steps_lib.already_trained(5, config.optimizer.train_steps)
 
   def run_one(train_step, start):
     steps_lib.run(train_step, None, start, config, model=model,
@@ -347,12 +360,12 @@ def test_shared_loop_windows_checkpoints_and_divergence(tmp_path):
                   examples_per_step=1, rate_key='rate',
                   on_summary=lambda *args: None)
 
-  config.train_steps = 7
+  config.optimizer.train_steps = 7
   with pytest.raises(steps_lib.TrainingDivergedError,
                      match='loss is nan at step 6'):
     run_one(lambda iterator: {'loss': float('nan')}, 5)
   model.variables[0].assign(np.full([2, 1], np.inf, np.float32))
-  config.checkpoint_every = 1
+  config.run.checkpoint_every = 1
   with pytest.raises(steps_lib.TrainingDivergedError, match='by step 7'):
     run_one(lambda iterator: {'loss': 1.0}, 6)
   assert manager.latest_checkpoint.endswith('ckpt-5')

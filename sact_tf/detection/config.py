@@ -1,11 +1,12 @@
 """Settings of the Faster R-CNN model and of a detection run.
 
-`ModelConfig` defines the network and both stages; its defaults are the
-paper's (TF Object Detection API faster_rcnn_resnet101_coco with a
-pre-activation ResNet-101). `DetectionConfig` adds the
-data, optimisation and output settings of a run; it is saved as
-`config.json` in the model directory so that evaluation and export rebuild
-the same model, and so that a resumed run can check it is the same one.
+`DetectionConfig` has the five sections of every run's config (see
+`sact_tf.train.config`): `model` (`ModelConfig`: the network and both
+stages; its defaults are the paper's, TF Object Detection API
+faster_rcnn_resnet101_coco with a pre-activation ResNet-101), `loss` (tau,
+weight decay), `optimizer`, `data` and `run`. It is saved as `config.json`
+in the model directory so that evaluation and export rebuild the same
+model, and so that a resumed run can check it is the same one.
 """
 
 import dataclasses
@@ -13,7 +14,6 @@ from typing import List, Optional, Tuple
 
 from sact_tf import architectures
 from sact_tf import halting
-from sact_tf import losses as ponder_losses
 from sact_tf import sparse as sparse_lib
 from sact_tf.detection import anchors as anchors_lib
 from sact_tf.train import config as train_config
@@ -30,7 +30,7 @@ def _fraction(name, value, low_open=True):
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(train_config.Section):
   """The detector (see `sact_tf.detection.model.FasterRCNN`).
 
   Attributes:
@@ -39,10 +39,7 @@ class ModelConfig:
     model_type: feature extractor type, 'resnet', 'act' or 'sact'.
     num_classes: object classes, background excluded (COCO: 80).
     base_channels: bottleneck width of block 1 (64 for the real models).
-    tau: ponder cost weight, on the feature extractor's blocks only.
     eps, halting_bias_init: halting settings.
-    weight_decay: Keras L2 factor on the ResNet's conv kernels (0 in the
-      paper's detection configuration).
     freeze_batch_norm: use the batch-norm statistics and scales as they are
       (ImageNet-trained ones when fine-tuning) instead of per-image batch
       statistics; the Object Detection API's setting for batch 1.
@@ -71,10 +68,8 @@ class ModelConfig:
   model_type: str = 'sact'
   num_classes: int = 80
   base_channels: int = 64
-  tau: float = 0.005
   eps: float = 0.01
   halting_bias_init: float = -3.0
-  weight_decay: float = 0.0
   freeze_batch_norm: bool = True
   sparse: bool = True
   dense_fraction: float = sparse_lib.DEFAULT_DENSE_FRACTION
@@ -99,15 +94,12 @@ class ModelConfig:
   max_detections: int = 300
   score_threshold: float = 0.0
 
-  def __post_init__(self):
-    self.validate()
-
   def validate(self):
     """Raises ValueError naming the first bad field and how to fix it."""
     self.units = architectures.imagenet_units(units=self.units)
     architectures.validate_model_type(self.model_type)
-    ponder_losses.validate_tau(self.tau)
     halting.validate_eps(self.eps)
+    train_config.check_finite('halting_bias_init', self.halting_bias_init)
     sparse_lib.validate_dense_fraction(self.dense_fraction)
     self.anchor_scales = tuple(float(s) for s in self.anchor_scales)
     self.anchor_aspect_ratios = tuple(float(r)
@@ -136,19 +128,6 @@ class ModelConfig:
     """Anchors per feature position."""
     return len(self.anchor_scales) * len(self.anchor_aspect_ratios)
 
-  def to_dict(self):
-    values = dataclasses.asdict(self)
-    values['anchor_scales'] = list(self.anchor_scales)
-    values['anchor_aspect_ratios'] = list(self.anchor_aspect_ratios)
-    return values
-
-  @classmethod
-  def from_dict(cls, values):
-    return cls(**_known(cls, values))
-
-
-def _known(cls, values):
-  return train_config.known_fields(cls, values, cls.__name__)
 
 
 # Fields of ModelConfig that define the variables: a checkpoint only fits a
@@ -156,98 +135,91 @@ def _known(cls, values):
 MODEL_FIELDS = ('units', 'model_type', 'num_classes', 'base_channels',
                 'anchor_scales', 'anchor_aspect_ratios', 'rpn_depth')
 
+# The detector's loss section: tau on the feature extractor's blocks only,
+# weight decay 0 (the paper's detection configuration).
+LossConfig = train_config.LossConfig
+
 
 @dataclasses.dataclass
-class DetectionConfig:
-  """A detection run (see `experiments.coco` for the flags).
+class OptimizerConfig(train_config.OptimizerConfig):
+  """`sact_tf.train.config.OptimizerConfig` with the paper's detection
+  schedule (batch 1) and gradient clipping.
 
   Attributes:
-    model: the `ModelConfig`.
-    dataset: 'coco/2017' or 'clutter_digits_detection'.
-    data_dir, download: where the TFDS data lives, and whether TFDS may
-      download it.
-    min_size, max_size: images are resized keeping their aspect ratio so
-      that the short side is min_size unless the long side would exceed
-      max_size.
-    flip: random horizontal flips in training.
-    train_steps: total training steps (batch 1).
-    learning_rate, lr_boundaries, lr_decay: the rate starts at
-      learning_rate and is multiplied by lr_decay at each boundary.
-    momentum: SGD momentum.
     clip_gradient_norm: global-norm gradient clipping (0: off).
-    eval_examples: evaluate on the first N images only (0: all).
-    summary_images: evaluation images drawn to TensorBoard with their
-      detections and ponder map.
-    model_dir: checkpoints, summaries, config and results.
-    checkpoint_every, keep_checkpoints, summary_every: bookkeeping.
-    seed: data order, augmentation and sampling seed.
-    finetune_from: an experiments.imagenet checkpoint (directory or prefix)
-      whose stem and blocks 1-4 initialise a new run, or None.
-    history: the settings changed when the run was resumed (see
-      `sact_tf.train.config.resume_config`).
   """
 
-  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-  dataset: str = 'coco/2017'
-  data_dir: Optional[str] = None
-  download: bool = True
-  min_size: int = 600
-  max_size: int = 1024
-  flip: bool = True
   train_steps: int = 1_500_000
   learning_rate: float = 3e-4
   lr_boundaries: List[int] = dataclasses.field(
       default_factory=lambda: [900_000, 1_200_000])
-  lr_decay: float = 0.1
-  momentum: float = 0.9
   clip_gradient_norm: float = 10.0
-  eval_examples: int = 0
-  summary_images: int = 4
-  model_dir: str = ''
-  checkpoint_every: int = 5000
-  keep_checkpoints: int = 3
-  summary_every: int = 100
-  seed: int = 0
-  finetune_from: Optional[str] = None
-  history: List[dict] = dataclasses.field(default_factory=list)
-
-  def __post_init__(self):
-    if isinstance(self.model, dict):
-      self.model = ModelConfig.from_dict(self.model)
-    self.validate()
 
   def validate(self):
-    """Raises ValueError naming the first bad field and how to fix it."""
-    for name in ('min_size', 'max_size', 'checkpoint_every',
-                 'keep_checkpoints', 'summary_every'):
-      train_config.check_positive_int(name, getattr(self, name))
-    if self.max_size < self.min_size:
-      raise ValueError(f'max_size ({self.max_size}) must be >= min_size '
-                       f'({self.min_size}).')
-    train_config.check_steps(self)
-    if self.summary_images < 0:
-      raise ValueError(f'summary_images must be >= 0, got '
-                       f'{self.summary_images}.')
-    train_config.check_learning_rate(self)
-    train_config.check_momentum(self)
+    super().validate()
     if self.clip_gradient_norm < 0:
       raise ValueError(f'clip_gradient_norm must be >= 0 (0: off), got '
                        f'{self.clip_gradient_norm}.')
 
-  def learning_rates(self):
-    """The rate of each piece of the step schedule."""
-    return train_config.learning_rates(self)
 
-  def to_dict(self):
-    values = dataclasses.asdict(self)
-    values['model'] = self.model.to_dict()
-    return values
+@dataclasses.dataclass
+class DataConfig(train_config.DataConfig):
+  """`sact_tf.train.config.DataConfig` with the detector's image sizes.
 
-  @classmethod
-  def from_dict(cls, values):
-    values = _known(cls, values)
-    values['model'] = ModelConfig.from_dict(values.get('model', {}))
-    return cls(**values)
+  Attributes:
+    dataset: 'coco/2017' or 'clutter_digits_detection'.
+    min_size, max_size: images are resized keeping their aspect ratio so
+      that the short side is min_size unless the long side would exceed
+      max_size.
+    flip: random horizontal flips in training.
+  """
+
+  dataset: str = 'coco/2017'
+  min_size: int = 600
+  max_size: int = 1024
+  flip: bool = True
+
+  def validate(self):
+    super().validate()
+    for name in ('min_size', 'max_size'):
+      train_config.check_positive_int(name, getattr(self, name))
+    if self.max_size < self.min_size:
+      raise ValueError(f'max_size ({self.max_size}) must be >= min_size '
+                       f'({self.min_size}).')
+
+
+@dataclasses.dataclass
+class RunConfig(train_config.RunConfig):
+  """`sact_tf.train.config.RunConfig` with the detector's summaries and
+  initialisation.
+
+  Attributes:
+    summary_images: evaluation images drawn to TensorBoard with their
+      detections and ponder map.
+    finetune_from: an experiments.imagenet checkpoint (directory or prefix)
+      whose stem and blocks 1-4 initialise a new run, or None.
+  """
+
+  checkpoint_every: int = 5000
+  summary_images: int = 4
+  finetune_from: Optional[str] = None
+
+  def validate(self):
+    super().validate()
+    train_config.check_non_negative('summary_images', self.summary_images)
+
+
+@dataclasses.dataclass
+class DetectionConfig(train_config.Config):
+  """A detection run (see `experiments.coco` for the flags), in the five
+  sections of `sact_tf.train.config`."""
+
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+  optimizer: OptimizerConfig = dataclasses.field(
+      default_factory=OptimizerConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
 
 def save(config):
@@ -256,7 +228,8 @@ def save(config):
 
 
 def load(model_dir):
-  """The `DetectionConfig` saved in `model_dir`, or None if there is none."""
+  """The `DetectionConfig` saved in `model_dir`, or None if there is none
+  (an earlier layout is converted)."""
   return train_config.load(model_dir, DetectionConfig)
 
 

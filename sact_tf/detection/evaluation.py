@@ -31,6 +31,11 @@ paper's column); ponder_cost_mean / _std (ACT/SACT); blocks (name, units,
 units_mean, units_std, ponder_cost_mean); seconds. The returned summary
 also holds `path` and `detections_path`, the files written (None without
 `write`).
+
+Progress (examples done, rate, ETA) is reported through `sact_tf.progress`.
+With `write`, the record's main numbers (`hparams.EVAL_METRICS`) also go to
+the run's HParams table as scalars `<record name>/<metric>`
+(`sact_tf.train.hparams`).
 """
 
 import math
@@ -42,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from sact_tf import architectures
+from sact_tf import progress as progress_lib
 from sact_tf import viz
 from sact_tf.detection import coco_eval
 from sact_tf.detection import config as config_lib
@@ -51,6 +57,7 @@ from sact_tf.detection import training
 from sact_tf.train import checkpointing
 from sact_tf.train import config as train_config
 from sact_tf.train import evaluation as train_evaluation
+from sact_tf.train import hparams
 
 # Detections drawn in the TensorBoard images score at least this.
 DRAW_SCORE = 0.5
@@ -63,13 +70,14 @@ _DRAW_MAX = 20
 # record states (tau), and the proposal and detection post-processing. The
 # model's other fields act in training only (sampling, matching, batch-norm
 # freezing, weight decay, halting_bias_init) or leave results as they are
-# (sparse execution).
-RUN_EVAL_FIELDS = ('dataset', 'min_size', 'max_size')
-MODEL_EVAL_FIELDS = ('tau', 'eps', 'anchor_base_size', 'rpn_nms_iou',
-                     'num_proposals', 'pre_nms_top_k', 'crop_size', 'nms_iou',
-                     'max_detections_per_class', 'max_detections',
-                     'score_threshold')
-EVAL_FIELDS = RUN_EVAL_FIELDS + MODEL_EVAL_FIELDS
+# (sparse execution). Records name them without their section
+# (`sact_tf.train.evaluation.config_value`): data.dataset, data.min_size,
+# data.max_size, loss.tau, and the model's.
+EVAL_FIELDS = ('dataset', 'min_size', 'max_size', 'tau', 'eps',
+               'anchor_base_size', 'rpn_nms_iou', 'num_proposals',
+               'pre_nms_top_k', 'crop_size', 'nms_iou',
+               'max_detections_per_class', 'max_detections',
+               'score_threshold')
 
 
 def result_name(split, eval_examples=0, overrides=None, step=None):
@@ -94,12 +102,6 @@ def detections_path(record_path):
   (`eval_<rest>.json` -> `detections_<rest>.json`)."""
   folder, name = os.path.split(record_path)
   return os.path.join(folder, 'detections_' + name[len('eval_'):])
-
-
-def config_value(config, field):
-  """A field of `EVAL_FIELDS` of a `DetectionConfig`."""
-  return getattr(config.model if field in MODEL_EVAL_FIELDS else config,
-                 field)
 
 
 def record_value(record, field):
@@ -156,7 +158,7 @@ def evaluate(config, checkpoint=None, write=True):
   Args:
     config: the run's `DetectionConfig`.
     checkpoint: checkpoint directory or prefix (default: the latest in
-      config.model_dir).
+      config.run.model_dir).
     write: write JSON and TensorBoard summaries to the model directory,
       under the record name of what was evaluated (see the module doc).
 
@@ -168,17 +170,17 @@ def evaluate(config, checkpoint=None, write=True):
     DatasetNotReadyError: before any model is built, if the data is missing.
     FileNotFoundError: there is no checkpoint.
   """
-  spec = data.get_spec(config.dataset)
+  spec = data.get_spec(config.data.dataset)
   training.check_dataset(config, spec)
-  builder = data.prepare(config.dataset, config.data_dir, config.download)
-  prefix = checkpointing.resolve(checkpoint or config.model_dir)
+  builder = data.prepare(config.data.dataset, config.data.data_dir,
+                         config.data.download)
+  prefix = checkpointing.resolve(checkpoint or config.run.model_dir)
   latest = train_evaluation.evaluates_latest(checkpoint, prefix,
-                                            config.model_dir)
-  saved = config_lib.load(config.model_dir)
-  config_lib.check_same_model(config, saved, config.model_dir)
-  overrides = train_evaluation.settings_overrides(saved, config, EVAL_FIELDS,
-                                                  config_value)
-  model = training.build_model(config.model)
+                                            config.run.model_dir)
+  saved = config_lib.load(config.run.model_dir)
+  config_lib.check_same_model(config, saved, config.run.model_dir)
+  overrides = train_evaluation.settings_overrides(saved, config, EVAL_FIELDS)
+  model = training.build_model(config.model, config.loss)
   training.restore_model(model, prefix)
   step = train_evaluation.checkpoint_step(prefix)
   first_block = model.feature_blocks[0].name
@@ -210,9 +212,16 @@ def evaluate(config, checkpoint=None, write=True):
   collected = {}
   images_for_summary = []
   started = time.time()
-  dataset = data.eval_dataset(builder, spec, config.min_size, config.max_size,
-                              num_examples=config.eval_examples or None)
-  for index, example in enumerate(dataset):
+  dataset = data.eval_dataset(builder, spec, config.data.min_size,
+                              config.data.max_size,
+                              num_examples=config.data.eval_examples or None)
+  images = progress_lib.track(
+      dataset, f'Evaluation ({spec.eval_split})',
+      train_evaluation.expected_examples(
+          config.data.eval_examples,
+          train_evaluation.split_size(builder, spec.eval_split)),
+      unit='image')
+  for index, example in enumerate(images):
     out = detect(example['image'])
     count = int(out['num_detections'][0])
     evaluator.add_image(
@@ -233,16 +242,13 @@ def evaluate(config, checkpoint=None, write=True):
     for key, value in out.items():
       if key.endswith('/units') or key.endswith('ponder_cost'):
         collected.setdefault(key, []).append(float(value[0]))
-    if index < config.summary_images:
+    if index < config.run.summary_images:
       images_for_summary.append(detection_image(
           example['image'], out['detection_boxes'], out['detection_scores'],
           out['ponder_map'], max_ponder_value(model)))
-    if (index + 1) % 100 == 0:
-      logging.info('Evaluated %d images (%.0f s).', index + 1,
-                   time.time() - started)
   if not evaluator.num_images:
-    raise ValueError(f'Split {spec.eval_split} of {config.dataset} gave no '
-                     'images.')
+    raise ValueError(f'Split {spec.eval_split} of {config.data.dataset} gave '
+                     'no images.')
   metrics, report = evaluator.evaluate()
   logging.info('COCOeval:\n%s', report)
   flops = np.asarray(per_image['flops'])
@@ -273,22 +279,24 @@ def evaluate(config, checkpoint=None, write=True):
           collected[f'{block.name}/ponder_cost'])
     blocks.append(entry)
   partial = train_evaluation.is_partial(
-      config.eval_examples, evaluator.num_images,
+      config.data.eval_examples, evaluator.num_images,
       train_evaluation.split_size(builder, spec.eval_split))
   summary.update(
-      blocks=blocks, dataset=config.dataset, split=spec.eval_split,
+      blocks=blocks, dataset=config.data.dataset, split=spec.eval_split,
       num_images=evaluator.num_images, step=step,
       checkpoint=os.path.abspath(prefix), latest_checkpoint=latest,
-      eval_examples=config.eval_examples if partial else 0, partial=partial,
-      overrides=overrides, model=config.model.to_dict(),
-      tau=config.model.tau, eps=config.model.eps, min_size=config.min_size,
-      max_size=config.max_size, seconds=time.time() - started)
+      eval_examples=config.data.eval_examples if partial else 0,
+      partial=partial, overrides=overrides, model=config.model.to_dict(),
+      tau=config.loss.tau, eps=config.model.eps,
+      min_size=config.data.min_size, max_size=config.data.max_size,
+      seconds=time.time() - started)
   path = detections = None
   if write:
     split = spec.eval_split
 
     def path_of(limit, values, at_step):
-      return result_path(config.model_dir, split, limit, values, at_step)
+      return result_path(config.run.model_dir, split, limit, values,
+                         at_step)
 
     path = path_of(*train_evaluation.record_identity(summary))
     detections = detections_path(path)
@@ -300,6 +308,9 @@ def evaluate(config, checkpoint=None, write=True):
       logging.info('Wrote %s (%s), not the standard %s.', path,
                    train_evaluation.describe(summary), result_name(split))
     _write_summaries(os.path.splitext(path)[0], summary, images_for_summary)
+    hparams.write_metrics(config.run.model_dir,
+                          os.path.splitext(os.path.basename(path))[0],
+                          summary, step, hparams.EVAL_METRICS)
   summary['path'], summary['detections_path'] = path, detections
   return summary
 

@@ -99,26 +99,41 @@ class FasterRCNN(keras.Model):
 
   Args:
     config: a `sact_tf.detection.config.ModelConfig` (or its dict).
+    loss_config: a `sact_tf.detection.config.LossConfig` (or its dict): the
+      ponder cost weight tau and the weight decay (default: the paper's).
   """
 
-  def __init__(self, config=None, name='faster_rcnn', **kwargs):
+  def __init__(self, config=None, loss_config=None, name='faster_rcnn',
+               **kwargs):
     super().__init__(name=name, **kwargs)
     if config is None:
       config = config_lib.ModelConfig()
     elif isinstance(config, dict):
-      config = config_lib.ModelConfig.from_dict(config)
+      config = dict(config)
+      # Models saved by earlier versions held tau and weight_decay in their
+      # model config.
+      moved = {k: config.pop(k) for k in ('tau', 'weight_decay')
+               if k in config}
+      if loss_config is None and moved:
+        loss_config = moved
+      config = config_lib.ModelConfig.from_dict(config, 'model')
+    if loss_config is None:
+      loss_config = config_lib.LossConfig()
+    elif isinstance(loss_config, dict):
+      loss_config = config_lib.LossConfig.from_dict(loss_config, 'loss')
     self.config = config
+    self.loss_config = loss_config
     c = config
     # Only the stem and blocks 1-3 of this ResNet are used (and built).
     self.backbone = resnet.imagenet_resnet(
         units=c.units, model_type=c.model_type, num_classes=1,
         base_channels=c.base_channels, halting_bias_init=c.halting_bias_init,
-        eps=c.eps, weight_decay=c.weight_decay, sparse=c.sparse,
+        eps=c.eps, weight_decay=loss_config.weight_decay, sparse=c.sparse,
         dense_fraction=c.dense_fraction)
     depth, bottleneck, _ = architectures.imagenet_block(3, c.base_channels)
     self.box_block = blocks_lib.ResNetBlock(
         [units_lib.BottleneckUnit(depth, bottleneck, 1,
-                                  weight_decay=c.weight_decay,
+                                  weight_decay=loss_config.weight_decay,
                                   name=f'unit_{u + 1}')
          for u in range(c.units[3])], name='block4')
     self.postnorm = common.batch_norm('postnorm', 0.997, 1e-5)
@@ -369,7 +384,7 @@ class FasterRCNN(keras.Model):
         lambda: (tf.constant(0.0), tf.constant(0.0)))
 
     ponder_cost = losses_lib.ponder_cost_mean(outputs)
-    ponder_loss = losses_lib.ponder_loss(outputs, c.tau)
+    ponder_loss = losses_lib.ponder_loss(outputs, self.loss_config.tau)
     regularization = (tf.add_n(self.losses) if self.losses
                       else tf.constant(0.0))
     loss = (losses.RPN_OBJECTNESS_WEIGHT * rpn.classification
@@ -393,7 +408,8 @@ class FasterRCNN(keras.Model):
     }
 
   def get_config(self):
-    return {'config': self.config.to_dict(), 'name': self.name}
+    return {'config': self.config.to_dict(),
+            'loss_config': self.loss_config.to_dict(), 'name': self.name}
 
 
 def _check_images(images):

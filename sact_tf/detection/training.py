@@ -28,9 +28,10 @@ _METRICS = ('loss', 'rpn_objectness', 'rpn_localization',
             'positive_anchors', 'foreground_proposals')
 
 
-def build_model(model_config):
-  """A built `FasterRCNN` of `model_config` (variables created)."""
-  model = model_lib.FasterRCNN(model_config)
+def build_model(model_config, loss_config=None):
+  """A built `FasterRCNN` of `model_config` and `loss_config` (tau, weight
+  decay; default: the paper's), variables created."""
+  model = model_lib.FasterRCNN(model_config, loss_config)
   # A known input shape also gives Keras' default serving signature one.
   model.build((None, None, None, 3))
   return model
@@ -101,7 +102,7 @@ def _make_train_step(model, optimizer, config, strategy, step):
 
   def step_fn(example):
     context = tf.distribute.get_replica_context()
-    seed = tf.stack([tf.constant(config.seed, tf.int32),
+    seed = tf.stack([tf.constant(config.run.seed, tf.int32),
                      tf.cast(step, tf.int32) * replicas
                      + context.replica_id_in_sync_group])
     with tf.GradientTape() as tape:
@@ -111,9 +112,9 @@ def _make_train_step(model, optimizer, config, strategy, step):
       scaled = values['loss'] / replicas
     variables = model.trainable_variables
     gradients = tape.gradient(scaled, variables)
-    if config.clip_gradient_norm:
-      gradients, _ = tf.clip_by_global_norm(gradients,
-                                            config.clip_gradient_norm)
+    clip = config.optimizer.clip_gradient_norm
+    if clip:
+      gradients, _ = tf.clip_by_global_norm(gradients, clip)
     optimizer.apply_gradients(zip(gradients, variables))
     values['dropped_boxes'] = tf.cast(example['dropped_boxes'], tf.float32)
     return values
@@ -130,8 +131,9 @@ def check_dataset(config, spec):
 
 
 def train(config, strategy=None, *, allow_changed=False,
-          restart_from_scratch=False):
-  """Trains the config's detector up to `config.train_steps` steps.
+          restart_from_scratch=False, profile_steps=None):
+  """Trains the config's detector up to `config.optimizer.train_steps`
+  steps.
 
   The run directory is locked while training and a run resumes from its
   newest intact checkpoint, as in `sact_tf.train.train`.
@@ -142,8 +144,10 @@ def train(config, strategy=None, *, allow_changed=False,
       replica takes one image per step.
     allow_changed: resume a run with training settings other than its
       config.json's (recorded in its history); refused otherwise.
-    restart_from_scratch: start from step 0 even if `config.model_dir`
+    restart_from_scratch: start from step 0 even if `config.run.model_dir`
       holds a run (its checkpoints and config are moved aside).
+    profile_steps: `(first, last)` or 'first,last': training steps to
+      profile into the run's TensorBoard folder (`sact_tf.train.profiling`).
 
   Returns:
     `TrainResult(step, checkpoint, metrics, seconds)`: the final step, the
@@ -159,7 +163,8 @@ def train(config, strategy=None, *, allow_changed=False,
   """
   return steps.train_task(DetectionTask(), config, strategy,
                           allow_changed=allow_changed,
-                          restart_from_scratch=restart_from_scratch)
+                          restart_from_scratch=restart_from_scratch,
+                          profile_steps=profile_steps)
 
 
 class DetectionTask(steps.Task):
@@ -170,24 +175,25 @@ class DetectionTask(steps.Task):
   rate_key = 'images_per_second'
 
   def prepare_data(self, config):
-    spec = data.get_spec(config.dataset)
+    spec = data.get_spec(config.data.dataset)
     check_dataset(config, spec)
-    return spec, data.prepare(config.dataset, config.data_dir,
-                              config.download)
+    return spec, data.prepare(config.data.dataset, config.data.data_dir,
+                              config.data.download)
 
   def build_model(self, config):
-    return build_model(config.model)
+    return build_model(config.model, config.loss)
 
   def initialiser(self, model, config):
-    if not config.finetune_from:
+    if not config.run.finetune_from:
       return None
-    return lambda: init_from_imagenet(model, config.finetune_from)
+    return lambda: init_from_imagenet(model, config.run.finetune_from)
 
   def dataset(self, config, data_handle, start, input_context):
     spec, builder = data_handle
     return data.train_dataset(
-        builder, spec, config.min_size, config.max_size, flip=config.flip,
-        start_step=start, seed=config.seed, input_context=input_context)
+        builder, spec, config.data.min_size, config.data.max_size,
+        flip=config.data.flip, start_step=start, seed=config.run.seed,
+        input_context=input_context)
 
   def make_step(self, model, optimizer, config, strategy, step):
     return _make_train_step(model, optimizer, config, strategy, step)
@@ -213,7 +219,7 @@ class DetectionTask(steps.Task):
       logging.info(
           'step %d/%d: loss %.4f (RPN %.4f + %.4f, boxes %.4f + %.4f, ponder '
           'cost %.3f), %.3g feature FLOPs/image, lr %.3g, %.2f images/s',
-          current, config.train_steps, metrics['loss'],
+          current, config.optimizer.train_steps, metrics['loss'],
           metrics['rpn_objectness'], metrics['rpn_localization'],
           metrics['box_classification'], metrics['box_localization'],
           metrics['ponder_cost'], metrics['flops'], metrics['learning_rate'],

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from sact_tf import data
 from sact_tf import inference
+from sact_tf import progress
 from sact_tf.data import cat2000 as cat2000_data
 from sact_tf.saliency import datasets
 from sact_tf.saliency import metrics
@@ -92,16 +93,19 @@ class PonderMapper:
   (`resize_image`), runs the model with the run's input normalisation and
   returns the per-position ponder cost summed over the blocks, each block's
   map nearest-upsampled to the input size (`inference.ponder_maps`), as
-  float32 `[height, width]`. Progress is logged every 100 images.
+  float32 `[height, width]`. Inside a `with mapper:` block its `progress`
+  (a `sact_tf.progress.Progress`) counts the images mapped.
   """
 
-  def __init__(self, model, preprocessing, width, height):
+  def __init__(self, model, preprocessing, width, height, total=None):
     """Keeps the model and compiles its prediction function.
 
     Args:
       model: an ACT or SACT `ResNet`.
       preprocessing: the run's input normalisation ('inception' or 'cifar').
       width, height: the model's input size.
+      total: the images it will map, for the progress report (None:
+        unknown).
     """
     self.model = model
     self.preprocessing = preprocessing
@@ -109,15 +113,26 @@ class PonderMapper:
     self.predict = inference.make_predict_fn(model, preprocessing)
     self.count = 0
     self.started = time.time()
+    self.total = total
+    self.progress = None
 
   def __call__(self, image):
     result = inference.ponder_maps(self.model, resize_image(image, *self.size),
                                    self.preprocessing, self.predict)
     self.count += 1
-    if self.count % 100 == 0:
-      logging.info('Ponder maps of %d images (%.1f s).', self.count,
-                   time.time() - self.started)
+    if self.progress is not None:
+      self.progress.update()
     return result.ponder_map.astype(np.float32)
+
+  def __enter__(self):
+    self.progress = progress.Progress('Ponder maps', self.total,
+                                      unit='image')
+    return self
+
+  def __exit__(self, exc_type, exc, traceback):
+    self.progress.close(failed=exc_type is not None)
+    self.progress = None
+    return False
 
 
 def _resolution_line(summary):
@@ -182,12 +197,24 @@ def _check_run(model_dir, checkpoint):
         '--model_dir at the directory of an ACT/SACT training run '
         '(experiments.imagenet / cifar10) or of '
         'experiments.import_checkpoint.')
-  if config.model_type == 'resnet':
+  if config.model.model_type == 'resnet':
     raise UnusableRunError(
         f'{model_dir} holds a plain ResNet, which has no ponder maps: '
         'saliency needs an ACT or SACT run (--model_type=act or sact).')
   checkpointing.resolve(checkpoint or model_dir)
   return config
+
+
+def _image_count(builder, dataset, max_images):
+  """The images the reader of `dataset` maps when it takes every image of
+  its splits (`max_images` None), else None (unknown before reading)."""
+  if max_images:
+    return None
+  splits = cat2000_data.SPLITS if dataset == 'cat2000' else ('test',)
+  try:
+    return sum(int(builder.info.splits[s].num_examples) for s in splits)
+  except (KeyError, TypeError, ValueError, AttributeError):
+    return None
 
 
 def evaluate_run(model_dir, dataset='cat2000', *, checkpoint=None,
@@ -249,7 +276,7 @@ def evaluate_run(model_dir, dataset='cat2000', *, checkpoint=None,
   elif dataset == 'cat2000':
     width, height = DEFAULT_CAT2000_SIZE
   else:
-    width = height = config.image_size
+    width = height = config.data.image_size
   max_images = max_images_per_category
   if max_images is None:
     max_images = DEFAULT_MAX_IMAGES[dataset]
@@ -265,18 +292,22 @@ def evaluate_run(model_dir, dataset='cat2000', *, checkpoint=None,
                                                    checkpoint=checkpoint)
   except ValueError as e:
     raise UnusableRunError(str(e)) from e
-  mapper = PonderMapper(model, config.preprocessing, width, height)
+  mapper = PonderMapper(model, config.data.preprocessing, width, height,
+                        total=_image_count(builder, dataset, max_images))
   started = time.time()
-  tune, test = read(builder, mapper, max_images)
+  with mapper:
+    tune, test = read(builder, mapper, max_images)
   inference_seconds = time.time() - started
   logging.info('Ponder maps of %d images in %.1f s; tuning and scoring.',
                len(tune) + len(test), inference_seconds)
-  results = metrics.evaluate_protocol(
-      tune, test, map_resolution=map_resolution or None,
-      tune_resolution=tune_resolution or None)
+  with progress.Progress('Saliency scoring (2 tuning passes + test)',
+                         2 * len(tune) + len(test), unit='image') as scoring:
+    results = metrics.evaluate_protocol(
+        tune, test, map_resolution=map_resolution or None,
+        tune_resolution=tune_resolution or None, on_image=scoring.update)
   summary = dict(
       dataset=dataset, model_dir=model_dir, checkpoint=prefix,
-      model=config.model_fields(), preprocessing=config.preprocessing,
+      model=config.model_fields(), preprocessing=config.data.preprocessing,
       image_size=[width, height], saliency_map=SALIENCY_MAP,
       fixations=('digit pixels (brightest channel >= '
                  f'{datasets.DIGIT_THRESHOLD} inside the digit box)'

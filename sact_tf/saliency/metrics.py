@@ -451,7 +451,7 @@ def evaluate_protocol(tune, test, blur_grid=BLUR_GRID,
                       center_sigma_grid=CENTER_SIGMA_GRID,
                       center_weight_grid=CENTER_WEIGHT_GRID,
                       map_resolution=MAP_RESOLUTION,
-                      tune_resolution=TUNE_RESOLUTION):
+                      tune_resolution=TUNE_RESOLUTION, on_image=None):
   """The paper's saliency protocol (section 4.3) on ponder maps.
 
   Parameters are chosen by mean AUC-Judd on `tune` (the first half of each
@@ -489,6 +489,9 @@ def evaluate_protocol(tune, test, blur_grid=BLUR_GRID,
       fixation map's own size, the slow original set-up).
     tune_resolution: longer side of the pooled tuning fixation maps (None
       or 0: tune at full resolution too).
+    on_image: called with no arguments after each image of each pass (two
+      over `tune`, one over `test`: `2 * len(tune) + len(test)` calls), e.g.
+      a `sact_tf.progress.Progress`'s `update`.
 
   Returns:
     A dict keyed by row name, each with `auc` (mean over the test images
@@ -496,6 +499,7 @@ def evaluate_protocol(tune, test, blur_grid=BLUR_GRID,
   """
   if not tune or not test:
     raise ValueError('Both the tuning and the test set need images.')
+  on_image = on_image or (lambda: None)
   for weight in center_weight_grid:
     _check_weight(weight)
   maps = _Maps(map_resolution)
@@ -511,6 +515,7 @@ def evaluate_protocol(tune, test, blur_grid=BLUR_GRID,
     if present[i]:
       center_scores[i] = [maps.center_auc(shape, sigma, fixations)
                           for sigma in center_sigma_grid]
+    on_image()
   center = dict(center_sigma=_select(center_sigma_grid, center_scores))
 
   mixed_grid = [(b, w) for b in blur_grid for w in center_weight_grid]
@@ -518,6 +523,7 @@ def evaluate_protocol(tune, test, blur_grid=BLUR_GRID,
   mixed_scores = np.full((len(items), len(mixed_grid)), np.nan)
   for i, (ponder_map, shape, fixations) in enumerate(items):
     if not present[i]:
+      on_image()
       continue
     blurred = maps.ponder(ponder_map, shape, blur_grid)
     by_blur = {b: _auc(blurred[b], fixations) for b in blurred}
@@ -527,6 +533,7 @@ def evaluate_protocol(tune, test, blur_grid=BLUR_GRID,
         by_blur[b] if w == 0 else
         _auc(_mix(blurred[b], w, center_map), fixations)
         for b, w in mixed_grid]
+    on_image()
   ponder = dict(blur=_select(blur_grid, ponder_scores))
   blur_choice, weight = _select(mixed_grid, mixed_scores)
   mixed = dict(blur=blur_choice, center_weight=weight,
@@ -541,6 +548,7 @@ def evaluate_protocol(tune, test, blur_grid=BLUR_GRID,
     if not _has_fixations(fixations):
       for name in names:
         scores[name].append(float('nan'))
+      on_image()
       continue
     shape = maps.shape(fixations)
     scores['center_baseline'].append(
@@ -554,6 +562,7 @@ def evaluate_protocol(tune, test, blur_grid=BLUR_GRID,
       scores['ponder_center'].append(_auc(
           _mix(blurred[mixed['blur']], mixed['center_weight'],
                maps.center(shape, mixed['center_sigma'])), fixations))
+    on_image()
 
   categories = sorted({c for _, _, c in test})
   results = {}

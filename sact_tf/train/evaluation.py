@@ -40,6 +40,11 @@ the first batch (`PONDER_IMAGES` images; tags `ponder_map/total`,
 `ponder_map/<block>`, `ponder_map/legend`) and per-block histograms of the
 per-position ponder cost over the whole evaluation
 (`ponder_cost_per_position/<block>`, fixed bins, bounded memory).
+
+Progress (examples done, rate, ETA) is reported through `sact_tf.progress`.
+With `write`, the record's main numbers (`hparams.EVAL_METRICS`) also go to
+the run's HParams table as scalars `<record name>/<metric>`
+(`sact_tf.train.hparams`).
 """
 
 import math
@@ -52,11 +57,13 @@ import numpy as np
 import tensorflow as tf
 
 from sact_tf import flops as flops_lib
+from sact_tf import progress as progress_lib
 from sact_tf import summaries as summaries_lib
 from sact_tf.data import datasets
 from sact_tf.data import pipelines
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
+from sact_tf.train import hparams
 from sact_tf.train import metrics
 
 
@@ -70,6 +77,8 @@ RESULT_KEYS = ('flops_mean', 'top1', 'model', 'tau', 'image_size')
 # and preprocessing make the images. halting_bias_init only initialises
 # (the checkpoint holds the biases); weight decay and label smoothing only
 # enter the training loss; batch size and data location change nothing.
+# Records name them without their section (loss.tau, model.eps,
+# data.dataset, data.preprocessing): see `config_value`.
 EVAL_FIELDS = ('tau', 'eps', 'dataset', 'preprocessing')
 
 
@@ -169,6 +178,14 @@ def split_size(builder, split):
   return count if count >= 0 else None
 
 
+def expected_examples(eval_examples, size):
+  """The examples an evaluation limited to `eval_examples` (0: all) of a
+  split of `size` examples (None: unknown) sees, or None if unknown."""
+  if size is None:
+    return eval_examples or None
+  return min(eval_examples, size) if eval_examples else size
+
+
 def is_partial(eval_examples, num_examples, size):
   """Whether an evaluation limited to `eval_examples` (0: all) that saw
   `num_examples` left part of a split of `size` examples (None: unknown)."""
@@ -200,7 +217,13 @@ def evaluates_latest(checkpoint, prefix, model_dir):
   return is_latest_checkpoint(prefix, model_dir)
 
 
-def settings_overrides(saved, config, fields, value_of=getattr):
+def config_value(config, field):
+  """A field of a run's config named without its section, as records name
+  `EVAL_FIELDS` (e.g. 'tau' is loss.tau)."""
+  return config_lib.get(config, config.key_of(field))
+
+
+def settings_overrides(saved, config, fields, value_of=config_value):
   """{field: [saved value, config value]} of `fields` that differ.
 
   Lists and tuples compare as lists; `saved` None (no config.json) gives
@@ -302,10 +325,11 @@ def keep_previous(path, new, name_of, fields, value_of, companions=()):
 
 def plain_flops(config, image_size):
   """FLOPs per image of the config's network with every unit evaluated."""
-  kwargs = dict(units=list(config.units), height=image_size, width=image_size,
-                num_classes=config.num_classes,
-                base_channels=config.base_channels)
-  if config.family == 'imagenet':
+  model = config.model
+  kwargs = dict(units=list(model.units), height=image_size, width=image_size,
+                num_classes=model.num_classes,
+                base_channels=model.base_channels)
+  if model.family == 'imagenet':
     return flops_lib.imagenet_resnet_flops(**kwargs)
   return flops_lib.cifar_resnet_flops(**kwargs)
 
@@ -320,7 +344,7 @@ def units_per_image(outputs, block_name):
 
 def _make_eval_step(model, config, has_bbox):
   """A `tf.function`: batch -> (per-example values, per-block ponder maps)."""
-  adaptive = config.model_type != 'resnet'
+  adaptive = config.model.model_type != 'resnet'
 
   @tf.function
   def eval_step(batch):
@@ -332,7 +356,7 @@ def _make_eval_step(model, config, has_bbox):
             labels, logits),
         'top1': tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32),
         'top5': tf.cast(tf.math.in_top_k(labels, logits,
-                                         min(5, config.num_classes)),
+                                         min(5, config.model.num_classes)),
                         tf.float32),
         'flops': tf.cast(outputs['flops'], tf.float64),
     }
@@ -375,7 +399,7 @@ def mean_std(values, finite_only=True):
 
 def summarize(per_example, config, image_size, block_names, block_units):
   """The summary dict of concatenated per-example arrays."""
-  adaptive = config.model_type != 'resnet'
+  adaptive = config.model.model_type != 'resnet'
   summary = {
       'num_examples': int(len(per_example['top1'])),
       'top1': float(np.mean(per_example['top1'])),
@@ -390,7 +414,7 @@ def summarize(per_example, config, image_size, block_names, block_units):
   if adaptive:
     summary['ponder_cost_mean'], summary['ponder_cost_std'] = mean_std(
         per_example['ponder_cost'])
-    loss += config.tau * summary['ponder_cost_mean']
+    loss += config.loss.tau * summary['ponder_cost_mean']
     if 'ponder_on_object' in per_example:
       (summary['ponder_on_object_mean'],
        summary['ponder_on_object_std']) = mean_std(
@@ -451,7 +475,7 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
     image_size: evaluation resolution (default: the config's first
       eval_image_sizes entry).
     checkpoint: checkpoint directory or prefix (default: the latest in
-      config.model_dir).
+      config.run.model_dir).
     write: write the JSON and TensorBoard summaries to the model directory,
       under the record name of what was evaluated (see the module doc).
 
@@ -463,30 +487,36 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
     DatasetNotReadyError: before any model is built, if the data is missing.
     FileNotFoundError: there is no checkpoint.
   """
-  image_size = image_size or config.eval_image_sizes[0]
-  spec = datasets.get_spec(config.dataset)
-  builder = datasets.prepare(config.dataset, config.data_dir, config.download)
-  prefix = checkpointing.resolve(checkpoint or config.model_dir)
-  latest = evaluates_latest(checkpoint, prefix, config.model_dir)
-  saved = config_lib.load(config.model_dir)
-  config_lib.check_same_model(config, saved, config.model_dir)
+  image_size = image_size or config.data.eval_image_sizes[0]
+  spec = datasets.get_spec(config.data.dataset)
+  builder = datasets.prepare(config.data.dataset, config.data.data_dir,
+                             config.data.download)
+  prefix = checkpointing.resolve(checkpoint or config.run.model_dir)
+  latest = evaluates_latest(checkpoint, prefix, config.run.model_dir)
+  saved = config_lib.load(config.run.model_dir)
+  config_lib.check_same_model(config, saved, config.run.model_dir)
   overrides = settings_overrides(saved, config, EVAL_FIELDS)
   model = checkpointing.build_model(config.model_kwargs(), image_size)
   checkpointing.restore_model(model, prefix)
   step = checkpoint_step(prefix)
   has_bbox = spec.bbox_key is not None
-  dataset = pipelines.eval_dataset(builder, spec, config.preprocessing,
-                                   image_size, config.eval_batch_size,
-                                   num_examples=config.eval_examples or None)
+  dataset = pipelines.eval_dataset(
+      builder, spec, config.data.preprocessing, image_size,
+      config.data.eval_batch_size,
+      num_examples=config.data.eval_examples or None)
   eval_step = _make_eval_step(model, config, has_bbox)
   collected = {}
-  adaptive = config.model_type != 'resnet'
+  adaptive = config.model.model_type != 'resnet'
   histograms = (summaries_lib.PonderHistograms(
       model.block_names, model.units_per_block) if write and adaptive
                 else None)
   ponder_images = None
   started = time.time()
-  for index, batch in enumerate(dataset):
+  for batch in progress_lib.track(
+      dataset, f'Evaluation ({spec.eval_split}, {image_size}px)',
+      expected_examples(config.data.eval_examples,
+                        split_size(builder, spec.eval_split)),
+      unit='example', count=lambda batch: int(batch['label'].shape[0])):
     values, maps = eval_step(batch)
     for key, value in values.items():
       collected.setdefault(key, []).append(value.numpy())
@@ -496,33 +526,32 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
       if ponder_images is None:
         ponder_images = (
             summaries_lib.display_images(batch['image'][:PONDER_IMAGES],
-                                         config.preprocessing),
+                                         config.data.preprocessing),
             {k: v[:PONDER_IMAGES] for k, v in maps.items()})
-    if (index + 1) % 50 == 0:
-      logging.info('Evaluated %d batches (%.0f s).', index + 1,
-                   time.time() - started)
   if not collected:
-    raise ValueError(f'Split {spec.eval_split} of {config.dataset} gave no '
-                     'examples.')
+    raise ValueError(f'Split {spec.eval_split} of {config.data.dataset} gave '
+                     'no examples.')
   per_example = {k: np.concatenate(v) for k, v in collected.items()}
   summary = summarize(per_example, config, image_size, model.block_names,
                       model.units_per_block)
-  partial = is_partial(config.eval_examples, summary['num_examples'],
+  partial = is_partial(config.data.eval_examples, summary['num_examples'],
                        split_size(builder, spec.eval_split))
   summary.update(
-      dataset=config.dataset, split=spec.eval_split, image_size=image_size,
-      step=step, checkpoint=os.path.abspath(prefix), latest_checkpoint=latest,
-      eval_examples=config.eval_examples if partial else 0, partial=partial,
-      overrides=overrides, model=config.model_fields(), tau=config.tau,
-      eps=config.eps, preprocessing=config.preprocessing,
+      dataset=config.data.dataset, split=spec.eval_split,
+      image_size=image_size, step=step, checkpoint=os.path.abspath(prefix),
+      latest_checkpoint=latest,
+      eval_examples=config.data.eval_examples if partial else 0,
+      partial=partial, overrides=overrides, model=config.model_fields(),
+      tau=config.loss.tau, eps=config.model.eps,
+      preprocessing=config.data.preprocessing,
       seconds=time.time() - started)
   path = None
   if write:
     split = spec.eval_split
 
     def path_of(limit, values, at_step):
-      return result_path(config.model_dir, split, image_size, limit, values,
-                         at_step)
+      return result_path(config.run.model_dir, split, image_size, limit,
+                         values, at_step)
 
     path = path_of(*record_identity(summary))
     keep_previous(path, summary, path_of, EVAL_FIELDS, _value)
@@ -532,6 +561,9 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
                    describe(summary), result_name(split, image_size))
     _write_summaries(os.path.splitext(path)[0], summary, ponder_images,
                      histograms, model.block_names, model.units_per_block)
+    hparams.write_metrics(config.run.model_dir,
+                          os.path.splitext(os.path.basename(path))[0],
+                          summary, step, hparams.EVAL_METRICS)
   summary['path'] = path
   return summary
 

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from sact_tf import fileio
+from sact_tf import progress
 from sact_tf.data import datasets
 from sact_tf.data import pipelines
 from sact_tf.train import checkpointing
@@ -55,17 +56,19 @@ def split_dataset(config, split=None, image_size=None, batch_size=None,
     DatasetNotReadyError: the data is missing.
     ValueError: the dataset has no such split.
   """
-  spec = datasets.get_spec(config.dataset)
-  builder = datasets.prepare(config.dataset, config.data_dir, config.download)
+  spec = datasets.get_spec(config.data.dataset)
+  builder = datasets.prepare(config.data.dataset, config.data.data_dir,
+                             config.data.download)
   split = split or spec.eval_split
   known = sorted(builder.info.splits.keys())
   if known and split.split('[')[0] not in known:
-    raise ValueError(f'{config.dataset} has no split {split!r}: its splits '
-                     f'are {", ".join(known)}.')
-  image_size = image_size or config.eval_image_sizes[0]
+    raise ValueError(f'{config.data.dataset} has no split {split!r}: its '
+                     f'splits are {", ".join(known)}.')
+  image_size = image_size or config.data.eval_image_sizes[0]
   dataset = pipelines.eval_dataset(
       builder, dataclasses.replace(spec, eval_split=split),
-      config.preprocessing, image_size, batch_size or config.eval_batch_size,
+      config.data.preprocessing, image_size,
+      batch_size or config.data.eval_batch_size,
       num_examples=max_examples or None)
   return dataset, split, image_size
 
@@ -93,17 +96,27 @@ def make_predict_fn(model):
   return predict
 
 
-def iterate(model, dataset, log_every=50):
-  """Yields per-batch dicts of NumPy arrays (see the module docstring)."""
+def split_examples(config, split, max_examples=None):
+  """The examples `split_dataset(config, split, max_examples=...)` yields
+  (a prepared split, slices such as 'test[:100]' too), or None if
+  unknown."""
+  builder = datasets.prepare(config.data.dataset, config.data.data_dir,
+                             config.data.download)
+  return evaluation.expected_examples(max_examples or 0,
+                                      evaluation.split_size(builder, split))
+
+
+def iterate(model, dataset, total=None):
+  """Yields per-batch dicts of NumPy arrays (see the module docstring),
+  reporting the examples done of `total` (None: unknown) with
+  `sact_tf.progress`."""
   predict = make_predict_fn(model)
-  started = time.time()
-  for index, batch in enumerate(dataset):
+  for batch in progress.track(dataset, 'Export of ponder maps', total,
+                              unit='example',
+                              count=lambda b: int(b['label'].shape[0])):
     arrays = {k: v.numpy() for k, v in predict(batch['image']).items()}
     arrays['labels'] = batch['label'].numpy().astype(np.int32)
     yield arrays
-    if log_every and (index + 1) % log_every == 0:
-      logging.info('Exported %d batches (%.0f s).', index + 1,
-                   time.time() - started)
 
 
 class NpzStream:
@@ -217,24 +230,26 @@ def export_run(model_dir, output, split=None, max_examples=None,
   started = time.time()
   with NpzStream(output) as stream:
     rows = 0
-    for arrays in iterate(model, dataset):
+    for arrays in iterate(model, dataset,
+                          split_examples(config, split, max_examples)):
       stream.append(arrays)
       rows += len(arrays['labels'])
     if not rows:
-      raise ValueError(f'Split {split} of {config.dataset} gave no examples.')
+      raise ValueError(f'Split {split} of {config.data.dataset} gave no '
+                       'examples.')
     metadata = {
-        'model': config.model_fields(), 'tau': config.tau,
+        'model': config.model_fields(), 'tau': config.loss.tau,
         'model_dir': os.path.abspath(model_dir),
         'checkpoint': os.path.abspath(prefix),
         'step': evaluation.checkpoint_step(prefix),
-        'dataset': config.dataset, 'split': split,
-        'preprocessing': config.preprocessing, 'image_size': image_size,
+        'dataset': config.data.dataset, 'split': split,
+        'preprocessing': config.data.preprocessing, 'image_size': image_size,
         'num_examples': rows, 'block_names': list(model.block_names),
         'units_per_block': list(model.units_per_block),
         'seconds': time.time() - started,
     }
     path = stream.close({METADATA_KEY: np.array(json.dumps(metadata))})
-  logging.info('Wrote %d examples of %s %s to %s.', rows, config.dataset,
+  logging.info('Wrote %d examples of %s %s to %s.', rows, config.data.dataset,
                split, path)
   return dict(metadata, output=path)
 

@@ -42,7 +42,7 @@ PONDER_IMAGES = 4
 def build_model(config, image_size=None):
   """The config's ResNet, built at `image_size` (default: training size)."""
   return checkpointing.build_model(config.model_kwargs(),
-                                   image_size or config.image_size)
+                                   image_size or config.data.image_size)
 
 
 @contextlib.contextmanager
@@ -61,7 +61,7 @@ def _python_seed(seed):
 
 
 def _make_train_step(model, optimizer, config, strategy):
-  global_batch = config.batch_size
+  global_batch = config.data.batch_size
 
   def step_fn(batch):
     images, labels = batch['image'], batch['label']
@@ -69,14 +69,14 @@ def _make_train_step(model, optimizer, config, strategy):
       outputs = model(images, training=True)
       logits = outputs['logits']
       per_example = keras.losses.categorical_crossentropy(
-          tf.one_hot(labels, config.num_classes), logits, from_logits=True,
-          label_smoothing=config.label_smoothing)
+          tf.one_hot(labels, config.model.num_classes), logits,
+          from_logits=True, label_smoothing=config.loss.label_smoothing)
       cross_entropy = tf.nn.compute_average_loss(
           per_example, global_batch_size=global_batch)
       regularization = (tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                         if model.losses else tf.constant(0.0))
       ponder_cost = losses.ponder_cost_mean(outputs, global_batch)
-      ponder_loss = losses.ponder_loss(outputs, config.tau, global_batch)
+      ponder_loss = losses.ponder_loss(outputs, config.loss.tau, global_batch)
       loss = cross_entropy + regularization + ponder_loss
     gradients = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
@@ -100,23 +100,24 @@ def _make_ponder_summaries(model, config, builder, spec):
   """A function writing ponder-map summaries of fixed images at a step.
 
   The images are the first `PONDER_IMAGES` of the evaluation split,
-  preprocessed as evaluation does at `config.eval_image_sizes[0]`, so that
-  the maps of successive summaries are comparable. The model runs in
+  preprocessed as evaluation does at `config.data.eval_image_sizes[0]`, so
+  that the maps of successive summaries are comparable. The model runs in
   inference mode in one `tf.function`, traced once. Returns None for a plain
   ResNet or an empty evaluation split.
   """
-  if config.model_type == 'resnet':
+  if config.model.model_type == 'resnet':
     return None
   dataset = pipelines.eval_dataset(
-      builder, spec, config.preprocessing, config.eval_image_sizes[0],
-      PONDER_IMAGES, num_examples=PONDER_IMAGES)
+      builder, spec, config.data.preprocessing,
+      config.data.eval_image_sizes[0], PONDER_IMAGES,
+      num_examples=PONDER_IMAGES)
   batch = next(iter(dataset), None)
   if batch is None:
     logging.warning('Split %s of %s is empty: no ponder-map summaries.',
-                    spec.eval_split, config.dataset)
+                    spec.eval_split, config.data.dataset)
     return None
   images = batch['image']
-  display = summaries.display_images(images, config.preprocessing)
+  display = summaries.display_images(images, config.data.preprocessing)
   keys = ('flops',) + tuple(
       f'{name}/{key}' for name in model.block_names
       for key in ('ponder_map', 'ponder_cost', 'num_units'))
@@ -137,8 +138,8 @@ def _make_ponder_summaries(model, config, builder, spec):
 
 
 def train(config, strategy=None, *, allow_changed=False,
-          restart_from_scratch=False):
-  """Trains the config's model up to `config.train_steps` steps.
+          restart_from_scratch=False, profile_steps=None):
+  """Trains the config's model up to `config.optimizer.train_steps` steps.
 
   The run directory is locked while training (one trainer per directory),
   and a run resumes from its newest intact checkpoint (see
@@ -149,8 +150,10 @@ def train(config, strategy=None, *, allow_changed=False,
     strategy: a `tf.distribute.Strategy` (default: the default strategy).
     allow_changed: resume a run with training settings other than its
       config.json's (recorded in its history); refused otherwise.
-    restart_from_scratch: start from step 0 even if `config.model_dir`
+    restart_from_scratch: start from step 0 even if `config.run.model_dir`
       holds a run (its checkpoints and config are moved aside, not deleted).
+    profile_steps: `(first, last)` or 'first,last': training steps to
+      profile into the run's TensorBoard folder (`sact_tf.train.profiling`).
 
   Returns:
     `TrainResult(step, checkpoint, metrics, seconds)`: the final step, the
@@ -166,7 +169,8 @@ def train(config, strategy=None, *, allow_changed=False,
   """
   return steps.train_task(ClassificationTask(), config, strategy,
                           allow_changed=allow_changed,
-                          restart_from_scratch=restart_from_scratch)
+                          restart_from_scratch=restart_from_scratch,
+                          profile_steps=profile_steps)
 
 
 class ClassificationTask(steps.Task):
@@ -175,26 +179,28 @@ class ClassificationTask(steps.Task):
   config_module = config_lib
 
   def prepare_data(self, config):
-    return (datasets.get_spec(config.dataset),
-            datasets.prepare(config.dataset, config.data_dir,
-                             config.download))
+    return (datasets.get_spec(config.data.dataset),
+            datasets.prepare(config.data.dataset, config.data.data_dir,
+                             config.data.download))
 
   def build_model(self, config):
-    with _python_seed(config.seed):
+    with _python_seed(config.run.seed):
       return build_model(config)
 
   def initialiser(self, model, config):
-    if not config.init_checkpoint:
+    if not config.run.init_checkpoint:
       return None
     return lambda: checkpointing.init_from_checkpoint(
-        model, config.init_checkpoint, config.init_model, config.init_mode)
+        model, config.run.init_checkpoint, config.run.init_model,
+        config.run.init_mode)
 
   def dataset(self, config, data, start, input_context):
     spec, builder = data
     return pipelines.train_dataset(
-        builder, spec, config.preprocessing, config.image_size,
-        config.batch_size, start_step=start, end_step=config.train_steps,
-        seed=config.seed, input_context=input_context)
+        builder, spec, config.data.preprocessing, config.data.image_size,
+        config.data.batch_size, start_step=start,
+        end_step=config.optimizer.train_steps, seed=config.run.seed,
+        input_context=input_context)
 
   def make_step(self, model, optimizer, config, strategy, step):
     del step  # Unused.
@@ -206,10 +212,11 @@ class ClassificationTask(steps.Task):
 
   def examples_per_step(self, config, strategy):
     del strategy  # Unused.
-    return config.batch_size
+    return config.data.batch_size
 
   def describe(self, config):
-    return f'{config.model_type} {config.family} (units {config.units})'
+    m = config.model
+    return f'{m.model_type} {m.family} (units {m.units})'
 
   def summary_hook(self, model, config, data, strategy, chief):
     del strategy  # Unused.
@@ -224,7 +231,7 @@ class ClassificationTask(steps.Task):
       logging.info(
           'step %d/%d: loss %.4f (cross-entropy %.4f, ponder cost %.3f), '
           'accuracy %.3f, %.3g FLOPs/image, lr %.3g, %.1f images/s',
-          current, config.train_steps, metrics['loss'],
+          current, config.optimizer.train_steps, metrics['loss'],
           metrics['cross_entropy'], metrics['ponder_cost'],
           metrics['accuracy'], metrics['flops'], metrics['learning_rate'],
           metrics['examples_per_second'])

@@ -7,8 +7,9 @@ at the end, resume from the latest one, average their metrics over summary
 windows of `summary_every` steps (TensorBoard run `<model_dir>/train`), and
 stop on a non-finite loss or weight before anything is saved, so that the
 last checkpoint stays the last good one. The config of either
-(`ExperimentConfig`, `DetectionConfig`) provides `model_dir`, `train_steps`,
-`summary_every`, `checkpoint_every` and `keep_checkpoints`.
+(`ExperimentConfig`, `DetectionConfig`) provides `optimizer.train_steps`,
+the optimizer's schedule and `run.model_dir`, `run.summary_every`,
+`run.checkpoint_every` and `run.keep_checkpoints`.
 """
 
 import collections
@@ -22,9 +23,12 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from sact_tf import progress as progress_lib
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
 from sact_tf.train import distribution
+from sact_tf.train import hparams
+from sact_tf.train import profiling
 from sact_tf.train import rundir
 
 TrainResult = collections.namedtuple(
@@ -70,9 +74,10 @@ class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 def schedule(config):
   """The learning-rate schedule of a run's config (any task): `StepSchedule`
-  of `config.lr_boundaries` and `config.learning_rates()`. The rate drops
+  of `config.optimizer`'s lr_boundaries and learning_rates(). The rate drops
   from the step after each boundary (the optimizer counts steps from 0)."""
-  return StepSchedule(config.lr_boundaries, config.learning_rates())
+  return StepSchedule(config.optimizer.lr_boundaries,
+                      config.optimizer.learning_rates())
 
 
 def make_optimizer(model, learning_rate, momentum):
@@ -90,7 +95,8 @@ def make_optimizer(model, learning_rate, momentum):
 @contextlib.contextmanager
 def open_run(config, strategy, config_module, *, allow_changed=False,
              restart_from_scratch=False):
-  """Takes `config.model_dir` for training; yields `(config, resume, lock)`.
+  """Takes `config.run.model_dir` for training; yields `(config, resume,
+  lock)`.
 
   On the chief: takes the directory's training lock (held until the `with`
   ends), checks that a saved config describes the same model, prepares the
@@ -115,16 +121,17 @@ def open_run(config, strategy, config_module, *, allow_changed=False,
       not allowed, or no checkpoint there is intact.
   """
   chief = distribution.is_chief(strategy)
-  os.makedirs(config.model_dir, exist_ok=True)
-  lock = rundir.RunLock(config.model_dir) if chief else rundir.NoLock()
+  os.makedirs(config.run.model_dir, exist_ok=True)
+  lock = rundir.RunLock(config.run.model_dir) if chief else rundir.NoLock()
   with lock:
     saved = (None if restart_from_scratch
-             else config_module.load(config.model_dir))
-    config_module.check_same_model(config, saved, config.model_dir)
+             else config_module.load(config.run.model_dir))
+    config_module.check_same_model(config, saved, config.run.model_dir)
     if chief:
-      resume = rundir.prepare_resume(config.model_dir, restart_from_scratch)
+      resume = rundir.prepare_resume(config.run.model_dir,
+                                     restart_from_scratch)
     else:
-      resume = rundir.find_resume(config.model_dir)
+      resume = rundir.find_resume(config.run.model_dir)
     config = config_lib.resume_config(config, saved, resume.step,
                                       allow_changed)
     if chief:
@@ -146,9 +153,9 @@ def restore_or_initialise(model, optimizer, step, config, strategy,
     None.
   """
   checkpoint = checkpointing.make_checkpoint(model, optimizer, step)
-  save_dir = distribution.write_dir(config.model_dir, strategy)
+  save_dir = distribution.write_dir(config.run.model_dir, strategy)
   manager = tf.train.CheckpointManager(
-      checkpoint, save_dir, max_to_keep=config.keep_checkpoints,
+      checkpoint, save_dir, max_to_keep=config.run.keep_checkpoints,
       checkpoint_name='ckpt')
   if latest:
     checkpoint.restore(latest).assert_existing_objects_matched()
@@ -184,7 +191,7 @@ def summary_writer(config, chief):
   """The TensorBoard writer of `<model_dir>/train` (a no-op off the chief)."""
   if chief:
     return tf.summary.create_file_writer(
-        os.path.join(config.model_dir, 'train'))
+        os.path.join(config.run.model_dir, 'train'))
   return tf.summary.create_noop_writer()
 
 
@@ -237,19 +244,23 @@ def save_checkpoint(model, manager, current):
 
 def run(train_step, iterator, start, config, *, model, optimizer, step,
         manager, writer, window, examples_per_step, rate_key, on_summary,
-        latest=None, after_save=None, lock=None):
-  """Runs training steps `start + 1` to `config.train_steps`.
+        latest=None, after_save=None, lock=None, profiler=None,
+        progress=None):
+  """Runs training steps `start + 1` to `config.optimizer.train_steps`.
 
   Each step calls `train_step(iterator)` (a dict of metrics with `loss`),
   counts it in `step` and adds it to `window`. At the end of each summary
-  window (every `config.summary_every` steps and at the last step) the
+  window (every `config.run.summary_every` steps and at the last step) the
   window's metrics, the learning rate and the throughput (`rate_key`:
   `examples_per_step` times steps per second) go to `writer` as scalars at
   the step, then `on_summary(current, metrics, window)` runs inside the
   writer's context (for the log line and further summaries). Checkpoints
-  are saved every `config.checkpoint_every` steps and at the last step,
+  are saved every `config.run.checkpoint_every` steps and at the last step,
   each followed by `after_save()` when given. `lock` (a `rundir.RunLock`)
-  gets a heartbeat at every summary and checkpoint.
+  gets a heartbeat at every summary and checkpoint. `progress` (a
+  `sact_tf.progress.Progress`) counts the steps, the loss of each summary
+  window shown beside its bar; `profiler` (a `profiling.StepProfiler`)
+  profiles its steps.
 
   Returns:
     (the last checkpoint saved, else `latest`; the metrics of the last
@@ -260,8 +271,12 @@ def run(train_step, iterator, start, config, *, model, optimizer, step,
       (checked before each save) are not finite.
   """
   last_path, last_metrics = latest, {}
-  for current in range(start + 1, config.train_steps + 1):
-    values = train_step(iterator)
+  profiler = profiler or profiling.StepProfiler(None, None)
+  progress = progress or progress_lib.Progress('Training', enabled=False)
+  for current in range(start + 1, config.optimizer.train_steps + 1):
+    profiler.before(current)
+    with profiler.trace(current):
+      values = train_step(iterator)
     step.assign_add(1)
     loss = float(values['loss'])
     if not math.isfinite(loss):
@@ -270,14 +285,16 @@ def run(train_step, iterator, start, config, *, model, optimizer, step,
           f'checkpoint is {manager.latest_checkpoint}. Lower --learning_rate '
           'and start again from it.')
     window.add(values)
-    if (current % config.summary_every == 0
-        or current == config.train_steps):
+    progress.update()
+    if (current % config.run.summary_every == 0
+        or current == config.optimizer.train_steps):
       elapsed = time.time() - window.start
       last_metrics = window.metrics()
       last_metrics['learning_rate'] = float(
           keras.ops.convert_to_numpy(optimizer.learning_rate))
       last_metrics[rate_key] = (window.steps * examples_per_step
                                 / max(elapsed, 1e-9))
+      progress.set_postfix(loss=f'{last_metrics["loss"]:.4g}')
       with writer.as_default(step=current):
         for key, value in last_metrics.items():
           tf.summary.scalar(key, value)
@@ -285,13 +302,14 @@ def run(train_step, iterator, start, config, *, model, optimizer, step,
       window.reset()
       if lock is not None:
         lock.heartbeat()
-    if (current % config.checkpoint_every == 0
-        or current == config.train_steps):
+    if (current % config.run.checkpoint_every == 0
+        or current == config.optimizer.train_steps):
       last_path = save_checkpoint(model, manager, current)
       if after_save is not None:
         after_save()
       if lock is not None:
         lock.heartbeat()
+    profiler.after(current)
   writer.flush()
   return last_path, last_metrics
 
@@ -349,19 +367,25 @@ class Task:
 
 
 def train_task(task, config, strategy=None, *, allow_changed=False,
-               restart_from_scratch=False):
+               restart_from_scratch=False, profile_steps=None):
   """The training loop of every task: trains `config`'s model up to
-  `config.train_steps` steps in its locked run directory.
+  `config.optimizer.train_steps` steps in its locked run directory.
 
   Prepares the data (before any model is built), takes the run directory
   (`open_run`: lock, newest intact checkpoint, settings check), builds the
   model and its optimizer under the strategy, resumes or initialises, and
-  runs the steps (`run`: summaries, checkpoints, divergence checks).
+  runs the steps (`run`: summaries, checkpoints, divergence checks). The
+  chief reports the steps' progress (`sact_tf.progress`), records the
+  config as the run's hyperparameters when training starts and the last
+  summary window's metrics when it ends (`hparams`, TensorBoard's HParams
+  table), and profiles `profile_steps` ((first, last) or 'first,last')
+  into `<model_dir>/train` (`profiling`).
 
   Returns:
     `TrainResult(step, checkpoint, metrics, seconds)`.
   """
   started = time.time()
+  profile_steps = profiling.parse_steps(profile_steps)  # Fails early.
   strategy = strategy or tf.distribute.get_strategy()
   data = task.prepare_data(config)
   with open_run(config, strategy, task.config_module,
@@ -372,12 +396,12 @@ def train_task(task, config, strategy=None, *, allow_changed=False,
     with strategy.scope():
       model = task.build_model(config)
       optimizer, step = make_optimizer(model, schedule(config),
-                                       config.momentum)
+                                       config.optimizer.momentum)
     manager, save_dir, latest = restore_or_initialise(
         model, optimizer, step, config, strategy,
         task.initialiser(model, config), resume.latest)
     start = int(step.numpy())
-    if already_trained(start, config.train_steps):
+    if already_trained(start, config.optimizer.train_steps):
       return TrainResult(start, latest, {}, time.time() - started)
     dataset = strategy.distribute_datasets_from_function(
         lambda context: task.dataset(config, data, start, context))
@@ -391,15 +415,29 @@ def train_task(task, config, strategy=None, *, allow_changed=False,
       if not chief:
         shutil.rmtree(save_dir, ignore_errors=True)
 
+    if chief:
+      hparams.write_hparams(config, config.run.model_dir)
     logging.info('Training %s on %s from step %d to %d.',
-                 task.describe(config), config.dataset, start,
-                 config.train_steps)
-    last_path, last_metrics = run(
-        train_step, iterator, start, config, model=model,
-        optimizer=optimizer, step=step, manager=manager, writer=writer,
-        window=task.window(strategy),
-        examples_per_step=task.examples_per_step(config, strategy),
-        rate_key=task.rate_key, on_summary=on_summary, latest=latest,
-        after_save=after_save, lock=lock)
-    return TrainResult(config.train_steps, last_path, last_metrics,
+                 task.describe(config), config.data.dataset, start,
+                 config.optimizer.train_steps)
+    profiler = profiling.StepProfiler(
+        profile_steps if chief else None,
+        os.path.join(config.run.model_dir, 'train'), start,
+        config.optimizer.train_steps)
+    steps_progress = progress_lib.Progress(
+        'Training', config.optimizer.train_steps, unit='step',
+        initial=start, enabled=chief)
+    with profiler, steps_progress:
+      last_path, last_metrics = run(
+          train_step, iterator, start, config, model=model,
+          optimizer=optimizer, step=step, manager=manager, writer=writer,
+          window=task.window(strategy),
+          examples_per_step=task.examples_per_step(config, strategy),
+          rate_key=task.rate_key, on_summary=on_summary, latest=latest,
+          after_save=after_save, lock=lock, profiler=profiler,
+          progress=steps_progress)
+    if chief:
+      hparams.write_metrics(config.run.model_dir, 'train', last_metrics,
+                            config.optimizer.train_steps)
+    return TrainResult(config.optimizer.train_steps, last_path, last_metrics,
                        time.time() - started)
