@@ -370,6 +370,11 @@ class ServingFunctions:
                                               'max_image_size')
     self.max_encoded_size = validate_size_limit(max_encoded_size,
                                                 'max_encoded_size')
+    # One graph of the model for the three signatures: each calls this
+    # function on float images, so the model is traced (and saved) once.
+    self._model_outputs = tf.function(
+        self._outputs,
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
 
   def _outputs(self, images):
     tf.debugging.assert_positive(
@@ -394,13 +399,14 @@ class ServingFunctions:
     # The signature leaves the channels open so that a wrong count reaches
     # the check (and its message) instead of failing deep inside a conv.
     images = check_uint8_images(images, self.max_image_size)
-    return self._outputs(inference.normalize(images, self.preprocessing))
+    return self._model_outputs(inference.normalize(images,
+                                                   self.preprocessing))
 
   def serve_float(self, images):
     """float32 `[B, H, W, 3]` in [0, 1] -> `serve_images(images * 255)`."""
     images = check_float_images(images, self.max_image_size)
-    return self._outputs(inference.normalize(images * 255.0,
-                                             self.preprocessing))
+    return self._model_outputs(inference.normalize(images * 255.0,
+                                                   self.preprocessing))
 
   def serve_encoded(self, encoded):
     """string `[B]` image files -> outputs, with the eval preprocessing."""
@@ -415,7 +421,7 @@ class ServingFunctions:
         decode, encoded,
         fn_output_signature=tf.TensorSpec(
             [self.image_size, self.image_size, 3], tf.float32))
-    return self._outputs(images)
+    return self._model_outputs(images)
 
 
 def describe(model):
