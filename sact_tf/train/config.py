@@ -92,13 +92,20 @@ def known_fields(cls, values, what):
     raise ValueError(f'{what} must be a JSON object of fields, got '
                      f'{values!r}.')
   known = [f.name for f in dataclasses.fields(cls)]
+  _refuse_unknown(values, known, 'field', lambda k: f'{what}.{k}',
+                  f'the fields of {what}')
+  return dict(values)
+
+
+def _refuse_unknown(values, known, kind, show, listing):
+  """Raises ValueError naming the keys of `values` not in `known` (each as
+  `show(key)`), with the known ones (introduced by `listing`)."""
   unknown = sorted(set(values) - set(known))
   if unknown:
     raise ValueError(
-        f'Unknown config field {", ".join(f"{what}.{k}" for k in unknown)} '
-        f'(the fields of {what}: {", ".join(known)}): was it written by a '
-        'newer sact_tf?')
-  return dict(values)
+        f'Unknown config {kind} {", ".join(show(k) for k in unknown)} '
+        f'({listing}: {", ".join(known)}): was it written by a newer '
+        'sact_tf?')
 
 
 class Section:
@@ -382,12 +389,7 @@ class Config:
     """
     if not isinstance(values, dict):
       raise ValueError(f'A config must be a JSON object, got {values!r}.')
-    unknown = sorted(set(values) - set(SECTIONS))
-    if unknown:
-      raise ValueError(
-          f'Unknown config section {", ".join(map(repr, unknown))} (the '
-          f'sections: {", ".join(SECTIONS)}): was it written by a newer '
-          'sact_tf?')
+    _refuse_unknown(values, SECTIONS, 'section', repr, 'the sections')
     return cls(**{name: section_class.from_dict(values.get(name, {}), name)
                   for name, section_class in cls.section_classes().items()})
 
