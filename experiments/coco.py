@@ -254,7 +254,7 @@ def main(argv):
     print(f'Results: {summary["path"]}\nDetections: '
           f'{summary["detections_path"]}', flush=True)
   if FLAGS.export_dir:
-    model = training.build_model(config.model, config.loss)
+    model = config.build_model()
     prefix = training.restore_model(model, config.run.model_dir)
     export.export_saved_model(model, FLAGS.export_dir, config.data.min_size,
                               config.data.max_size, overwrite=FLAGS.overwrite,

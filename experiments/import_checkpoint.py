@@ -103,7 +103,7 @@ def import_checkpoint(checkpoint, dataset, model_type, model, model_dir,
                 image_size=spec.image_size,
                 eval_image_sizes=[spec.image_size]),
       run=dict(model_dir=model_dir))
-  network = checkpointing.build_model(config.model_kwargs())
+  network = config.build_model(image_size=32)
   summary = checkpoints.load_authors_checkpoint(network, checkpoint)
   os.makedirs(model_dir, exist_ok=True)
   checkpointing.write_model_checkpoint(network, model_dir,

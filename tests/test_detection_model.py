@@ -263,3 +263,12 @@ def test_export_serves_the_keras_detections(tmp_path):
   with pytest.raises(Exception, match='RGB'):
     tf.saved_model.load(export_dir).signatures['serving_default'](
         images=tf.zeros([1, 30, 60, 1], tf.uint8))
+
+
+def test_the_config_builds_its_detector():
+  config = config_lib.DetectionConfig(model=tiny_config(),
+                                      loss=dict(tau=0.02))
+  model = config.build_model(sparse=False)
+  assert isinstance(model, model_lib.FasterRCNN) and model.built
+  assert not model.config.sparse and config.model.sparse
+  assert model.loss_config.tau == 0.02

@@ -62,3 +62,12 @@ def test_every_epochs():
   assert recipes.every_epochs(90, 10.0, 3) == [30, 60]
   with pytest.raises(ValueError, match='lr_decay_epochs must be > 0'):
     recipes.every_epochs(100, 10.0, 0)
+
+
+def test_the_config_builds_its_resnet(tmp_path):
+  config = recipes.experiment_config(recipes.CIFAR, fields(
+      tmp_path, **{'model.model_type': 'act', 'data.image_size': 16}))
+  model = config.build_model(sparse=False)
+  assert model.built and model.model_type == 'act' and not model.sparse
+  assert list(model.units_per_block) == [1, 1, 1]
+  assert model.num_classes == 10

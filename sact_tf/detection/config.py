@@ -221,6 +221,13 @@ class DetectionConfig(train_config.Config):
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
+  def build_model(self, image_size=None, **overrides):
+    """The config's `FasterRCNN`, built (any image size: `image_size` is
+    not used)."""
+    del image_size
+    from sact_tf.detection import training  # pylint: disable=g-import-not-at-top
+    return training.build_model(self.model, self.loss, **overrides)
+
 
 def save(config):
   """Writes `config` to `<model_dir>/config.json` atomically."""

@@ -180,7 +180,7 @@ def evaluate(config, checkpoint=None, write=True):
   saved = config_lib.load(config.run.model_dir)
   config_lib.check_same_model(config, saved, config.run.model_dir)
   overrides = train_evaluation.settings_overrides(saved, config, EVAL_FIELDS)
-  model = training.build_model(config.model, config.loss)
+  model = config.build_model()
   training.restore_model(model, prefix)
   step = train_evaluation.checkpoint_step(prefix)
   first_block = model.feature_blocks[0].name

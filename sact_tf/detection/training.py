@@ -9,6 +9,8 @@ and the final batch norm are copied, the detection heads start fresh.
 """
 
 
+import dataclasses
+
 from absl import logging
 import tensorflow as tf
 
@@ -28,9 +30,12 @@ _METRICS = ('loss', 'rpn_objectness', 'rpn_localization',
             'positive_anchors', 'foreground_proposals')
 
 
-def build_model(model_config, loss_config=None):
-  """A built `FasterRCNN` of `model_config` and `loss_config` (tau, weight
-  decay; default: the paper's), variables created."""
+def build_model(model_config, loss_config=None, **overrides):
+  """A built `FasterRCNN` of `model_config` (with `overrides` of its fields,
+  e.g. sparse=False) and `loss_config` (tau, weight decay; default: the
+  paper's), variables created. `DetectionConfig.build_model` calls it."""
+  if overrides:
+    model_config = dataclasses.replace(model_config, **overrides)
   model = model_lib.FasterRCNN(model_config, loss_config)
   # A known input shape also gives Keras' default serving signature one.
   model.build((None, None, None, 3))
@@ -179,9 +184,6 @@ class DetectionTask(steps.Task):
     check_dataset(config, spec)
     return spec, data.prepare(config.data.dataset, config.data.data_dir,
                               config.data.download)
-
-  def build_model(self, config):
-    return build_model(config.model, config.loss)
 
   def initialiser(self, model, config):
     if not config.run.finetune_from:

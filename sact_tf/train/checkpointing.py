@@ -325,7 +325,6 @@ def load_run(model_dir, checkpoint=None, image_size=32, **model_overrides):
         'at the directory of a training run (experiments.imagenet / cifar10) '
         'or of experiments.import_checkpoint.')
   prefix = resolve(checkpoint or model_dir)
-  kwargs = dict(config.model_kwargs(), **model_overrides)
-  model = build_model(kwargs, image_size)
+  model = config.build_model(image_size, **model_overrides)
   restore_model(model, prefix)
   return config, model, prefix

@@ -356,6 +356,15 @@ class Config:
 
   NOT_SETTABLE = ('run.history',)
 
+  def build_model(self, image_size=None, **overrides):
+    """The task's Keras model of this config, built (variables created).
+
+    The one way every tool builds a run's model: training, evaluation,
+    export and the imports. `image_size` and `overrides` (model arguments,
+    e.g. `sparse=False`) where the task has them.
+    """
+    raise NotImplementedError
+
   def __post_init__(self):
     for name, section_class in self.section_classes().items():
       value = getattr(self, name)
@@ -476,6 +485,14 @@ class ExperimentConfig(Config):
   # also read the source model's fields.
   NOT_SETTABLE = ('run.history', 'run.init_checkpoint', 'run.init_mode',
                   'run.init_model')
+
+  def build_model(self, image_size=None, **overrides):
+    """The config's `sact_tf.models.resnet.ResNet` (`model_kwargs` with
+    `overrides`), built by a call on zeros of `image_size` (default: the
+    training size)."""
+    from sact_tf.train import checkpointing  # pylint: disable=g-import-not-at-top
+    return checkpointing.build_model(dict(self.model_kwargs(), **overrides),
+                                     image_size or self.data.image_size)
 
   def model_kwargs(self):
     """Keyword arguments of `sact_tf.models.resnet.ResNet`."""

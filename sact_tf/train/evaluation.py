@@ -496,7 +496,7 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
   saved = config_lib.load(config.run.model_dir)
   config_lib.check_same_model(config, saved, config.run.model_dir)
   overrides = settings_overrides(saved, config, EVAL_FIELDS)
-  model = checkpointing.build_model(config.model_kwargs(), image_size)
+  model = config.build_model(image_size)
   checkpointing.restore_model(model, prefix)
   step = checkpoint_step(prefix)
   has_bbox = spec.bbox_key is not None

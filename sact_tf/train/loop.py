@@ -40,9 +40,9 @@ PONDER_IMAGES = 4
 
 
 def build_model(config, image_size=None):
-  """The config's ResNet, built at `image_size` (default: training size)."""
-  return checkpointing.build_model(config.model_kwargs(),
-                                   image_size or config.data.image_size)
+  """The config's ResNet, built at `image_size` (default: training size):
+  `config.build_model`."""
+  return config.build_model(image_size)
 
 
 @contextlib.contextmanager
@@ -185,7 +185,7 @@ class ClassificationTask(steps.Task):
 
   def build_model(self, config):
     with _python_seed(config.run.seed):
-      return build_model(config)
+      return config.build_model()
 
   def initialiser(self, model, config):
     if not config.run.init_checkpoint:

@@ -332,8 +332,9 @@ class Task:
     raise NotImplementedError
 
   def build_model(self, config):
-    """The config's built model (called under the strategy's scope)."""
-    raise NotImplementedError
+    """The config's built model (called under the strategy's scope):
+    `config.build_model()`."""
+    return config.build_model()
 
   def initialiser(self, model, config):
     """A function initialising a new run's `model` (e.g. fine-tuning from
