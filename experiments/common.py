@@ -410,11 +410,6 @@ def run(binary, fv, argv):
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from e
   strategy = distribution.make_strategy(fv.strategy, fv.tpu)
-  replicas = strategy.num_replicas_in_sync
-  if replicas and config.data.batch_size % replicas:
-    raise app.UsageError(
-        f'--batch_size={config.data.batch_size} is not divisible by the '
-        f'{replicas} replicas of --strategy={fv.strategy}.')
   return recipes.run(config, fv.mode, strategy, checkpoint=fv.checkpoint,
                      allow_changed=fv.allow_changed_flags,
                      restart_from_scratch=fv.restart_from_scratch,

@@ -36,7 +36,7 @@ def _make_run(model_dir, model_type):
       data=dict(preprocessing='inception', image_size=48,
                 eval_image_sizes=[48]),
       run=dict(model_dir=str(model_dir)))
-  model = checkpointing.build_model(config.model_kwargs())
+  model = config.build_model(image_size=32)
   checkpointing.write_model_checkpoint(model, str(model_dir))
   config_lib.save(config)
   return str(model_dir)

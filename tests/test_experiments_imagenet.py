@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from experiments import imagenet
 from sact_tf import data
-from sact_tf.train import loop
+from sact_tf import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--base_channels=1', '--batch_size=4',
@@ -53,7 +53,7 @@ def test_batch_must_divide_among_replicas(monkeypatch):
 def test_missing_dataset_fails_before_any_model(tmp_path, monkeypatch):
   def no_model(*args, **kwargs):
     raise AssertionError('a model was built')
-  monkeypatch.setattr(loop, 'build_model', no_model)
+  monkeypatch.setattr(train.ExperimentConfig, 'build_model', no_model)
   with pytest.raises(data.DatasetNotReadyError, match='ILSVRC2012_img_val'):
     _run(f'--model_dir={tmp_path / "run"}', f'--data_dir={tmp_path}',
          '--model=1,1,1,1', *TINY)

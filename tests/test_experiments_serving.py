@@ -250,7 +250,7 @@ def _tiny_run(model_dir, family='cifar', model_type='sact'):
                 preprocessing='cifar' if family == 'cifar' else 'inception',
                 image_size=32, eval_image_sizes=[32]),
       run=dict(model_dir=str(model_dir)))
-  model = checkpointing.build_model(config.model_kwargs())
+  model = config.build_model(image_size=32)
   checkpointing.write_model_checkpoint(model, str(model_dir))
   config_lib.save(config)
   return model

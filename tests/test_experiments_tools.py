@@ -47,7 +47,7 @@ def _make_run(model_dir, model=None, data=None):
                      eval_image_sizes=[32], batch_size=4, eval_batch_size=3),
                 **(data or {})),
       optimizer=dict(train_steps=2), run=dict(model_dir=str(model_dir)))
-  model = train.build_model(config)
+  model = config.build_model()
   checkpointing.write_model_checkpoint(model, str(model_dir), step=3)
   config_lib.save(config)
   return config

@@ -40,7 +40,7 @@ def _sact_run(tmp_path_factory):
 
 
 def _weights(model_dir, config):
-  model = train.build_model(config)
+  model = config.build_model()
   checkpointing.restore_model(model, str(model_dir))
   return {v.path: v.numpy() for v in model.variables}
 
@@ -191,7 +191,7 @@ def test_finetune_copies_all_but_the_halting_heads(tmp_path):
                  run=dict(init_checkpoint=str(tmp_path / 'plain'),
                           init_mode='finetune',
                           init_model=plain.model_fields()))
-  model = train.build_model(sact)
+  model = sact.build_model()
   summary = checkpointing.init_from_checkpoint(
       model, sact.run.init_checkpoint, sact.run.init_model, 'finetune')
   heads = [v for v in model.variables
@@ -219,7 +219,7 @@ def test_baseline_takes_the_first_units(tmp_path, sact_run):
                      run=dict(init_checkpoint=sact.run.model_dir,
                               init_mode='baseline',
                               init_model=sact.model_fields()))
-  model = train.build_model(baseline)
+  model = baseline.build_model()
   checkpointing.init_from_checkpoint(model, baseline.run.init_checkpoint,
                                      baseline.run.init_model, 'baseline')
   source = _weights(sact.run.model_dir, sact)
@@ -230,16 +230,16 @@ def test_baseline_takes_the_first_units(tmp_path, sact_run):
                      model=dict(model_type='resnet', units=[1, 4, 1]))
   with pytest.raises(ValueError, match='not in the checkpoint'):
     checkpointing.init_from_checkpoint(
-        train.build_model(too_deep), sact.run.model_dir, sact.model_fields(),
+        too_deep.build_model(), sact.run.model_dir, sact.model_fields(),
         'baseline')
 
 
 def test_model_checkpoint_without_model_is_refused(tmp_path):
   with pytest.raises(FileNotFoundError, match='No checkpoint'):
     checkpointing.resolve(str(tmp_path))
-  model = train.build_model(_config(tmp_path))
+  model = _config(tmp_path).build_model()
   prefix = checkpointing.write_model_checkpoint(model, str(tmp_path / 'ck'))
-  other = train.build_model(_config(tmp_path, model=dict(base_channels=4)))
+  other = _config(tmp_path, model=dict(base_channels=4)).build_model()
   with pytest.raises(ValueError, match='does not fit'):
     checkpointing.restore_model(other, prefix)
 

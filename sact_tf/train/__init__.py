@@ -15,9 +15,8 @@ from sact_tf.train.evaluation import baseline_units
 from sact_tf.train.evaluation import evaluate
 from sact_tf.train.evaluation import format_table
 from sact_tf.train.loop import TrainingDivergedError
-from sact_tf.train.loop import build_model
 from sact_tf.train.loop import train
 
 __all__ = ['checkpointing', 'config', 'distribution', 'evaluation', 'metrics',
            'ExperimentConfig', 'TrainingDivergedError', 'baseline_units',
-           'build_model', 'evaluate', 'format_table', 'train']
+           'evaluate', 'format_table', 'train']

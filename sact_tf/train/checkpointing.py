@@ -18,7 +18,6 @@ import re
 from absl import logging
 import tensorflow as tf
 
-from sact_tf.models import resnet
 from sact_tf.train import config as config_lib
 from sact_tf.train import rundir
 
@@ -158,13 +157,6 @@ def mismatch_error(header, missing, wrong_shape, noun='variable', hint=None):
   if hint:
     lines.append(hint)
   return ValueError('\n'.join(lines))
-
-
-def build_model(model_kwargs, image_size=32):
-  """A ResNet built (variables created) by one call on zeros."""
-  model = resnet.ResNet(**model_kwargs)
-  model(tf.zeros([1, image_size, image_size, 3]), training=False)
-  return model
 
 
 def relative_name(path):

@@ -32,6 +32,7 @@ import typing
 from typing import List, Optional
 
 from absl import logging
+import tensorflow as tf
 
 from sact_tf import architectures
 from sact_tf import fileio
@@ -39,6 +40,7 @@ from sact_tf import halting
 from sact_tf import losses
 from sact_tf.data import datasets
 from sact_tf.data import pipelines
+from sact_tf.models import resnet
 
 CONFIG_FILENAME = 'config.json'
 MODES = ('train', 'eval', 'train_and_eval')
@@ -490,9 +492,10 @@ class ExperimentConfig(Config):
     """The config's `sact_tf.models.resnet.ResNet` (`model_kwargs` with
     `overrides`), built by a call on zeros of `image_size` (default: the
     training size)."""
-    from sact_tf.train import checkpointing  # pylint: disable=g-import-not-at-top
-    return checkpointing.build_model(dict(self.model_kwargs(), **overrides),
-                                     image_size or self.data.image_size)
+    model = resnet.ResNet(**dict(self.model_kwargs(), **overrides))
+    size = image_size or self.data.image_size
+    model(tf.zeros([1, size, size, 3]), training=False)
+    return model
 
   def model_kwargs(self):
     """Keyword arguments of `sact_tf.models.resnet.ResNet`."""

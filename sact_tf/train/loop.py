@@ -39,12 +39,6 @@ _METRICS = ('loss', 'cross_entropy', 'ponder_loss', 'regularization',
 PONDER_IMAGES = 4
 
 
-def build_model(config, image_size=None):
-  """The config's ResNet, built at `image_size` (default: training size):
-  `config.build_model`."""
-  return config.build_model(image_size)
-
-
 @contextlib.contextmanager
 def _python_seed(seed):
   """Seeds Keras' initialisers, leaving the process's random state alone.

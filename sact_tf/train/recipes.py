@@ -199,9 +199,9 @@ def run(config, mode, strategy, checkpoint=None, allow_changed=False,
   replicas = strategy.num_replicas_in_sync
   if replicas and config.data.batch_size % replicas:
     raise ValueError(
-        f'--batch_size={config.data.batch_size} is not divisible by the '
-        f'{replicas} replicas of the strategy: use a multiple of '
-        f'{replicas}.')
+        f'The batch size {config.data.batch_size} (--batch_size, '
+        f'data.batch_size) is not divisible by the {replicas} replicas of '
+        f'the strategy: use a multiple of {replicas}.')
   summaries = []
   if mode in ('train', 'train_and_eval'):
     result = loop.train(config, strategy, allow_changed=allow_changed,
