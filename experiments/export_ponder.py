@@ -10,6 +10,9 @@ ponder_cost, <block>/num_units, <block>/ponder_cost, <block>/ponder_map and a
 JSON `metadata` entry; see `sact_tf.train.export_maps`. Load it with
 
   npz = np.load('maps.npz'); json.loads(str(npz['metadata']))
+
+or with `sact_tf.train.export_maps.load(path)`, which also reads remote
+paths. --model_dir and --output may be any `tf.io.gfile` path (`gs://...`).
 """
 
 from absl import app

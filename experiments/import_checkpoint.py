@@ -24,8 +24,6 @@ in [-1, 1]) ResNet-101 plain / ACT / SACT; CIFAR-10 ResNet-32 (--model=5) /
 110 (--model=18) with per-image standardisation.
 """
 
-import os
-
 from absl import app
 from absl import flags
 import tensorflow as tf
@@ -34,6 +32,7 @@ from experiments import common
 from sact_tf import architectures
 from sact_tf import checkpoints
 from sact_tf import data
+from sact_tf import fileio
 from sact_tf import train
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
@@ -86,7 +85,7 @@ def import_checkpoint(checkpoint, dataset, model_type, model, model_dir,
       default_tau = DATASETS[dataset]
   spec = data.get_spec(tfds_name)
   units = common.parse_model(family, model or default_model)
-  if os.path.isdir(model_dir) and (
+  if fileio.isdir(model_dir) and (
       rundir.find_checkpoints(model_dir)
       or tf.train.latest_checkpoint(model_dir)
       or config_lib.load(model_dir) is not None):
@@ -105,7 +104,7 @@ def import_checkpoint(checkpoint, dataset, model_type, model, model_dir,
       run=dict(model_dir=model_dir))
   network = config.build_model(image_size=32)
   summary = checkpoints.load_authors_checkpoint(network, checkpoint)
-  os.makedirs(model_dir, exist_ok=True)
+  fileio.makedirs(model_dir)
   checkpointing.write_model_checkpoint(network, model_dir,
                                        step=summary.global_step or 0)
   config_lib.save(config)

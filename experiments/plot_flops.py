@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from sact_tf import fileio
 from sact_tf import viz
 from sact_tf.train import evaluation
 
@@ -45,24 +46,24 @@ def expand(spec):
   for part in (p.strip() for p in spec.split(',')):
     if not part:
       continue
-    part = os.path.expanduser(part)
+    part = fileio.expanduser(part)
     named = False
     if glob.has_magic(part):
-      found = sorted(glob.glob(part))
+      found = sorted(fileio.glob(part))
       if not found:
         raise FileNotFoundError(f'--eval_json pattern {part!r} matches no '
                                 'file.')
-    elif os.path.isdir(part):
-      found = sorted(glob.glob(os.path.join(part, 'eval_*.json')))
+    elif fileio.isdir(part):
+      found = sorted(fileio.glob(os.path.join(part, 'eval_*.json')))
       if not found:
         raise FileNotFoundError(f'{part} holds no eval_*.json: evaluate the '
                                 'run first (--mode=eval).')
-    elif os.path.exists(part):
+    elif fileio.exists(part):
       found, named = [part], True
     else:
       raise FileNotFoundError(f'No such file: {part}')
     for path in found:
-      path = os.path.realpath(path)
+      path = fileio.real(path)
       paths[path] = paths.get(path, False) or named
   if not paths:
     raise FileNotFoundError('--eval_json names no file.')

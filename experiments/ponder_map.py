@@ -24,7 +24,6 @@ resizes the longer side first. ImageNet models give the clearest maps on
 images between 320x240 and 640x480.
 """
 
-import glob
 import os
 import sys
 
@@ -33,6 +32,7 @@ from absl import flags
 import numpy as np
 
 from experiments import common
+from sact_tf import fileio
 from sact_tf import inference
 from sact_tf import viz
 from sact_tf.train import checkpointing
@@ -58,8 +58,8 @@ def find_images(patterns):
   """Sorted, distinct files matched by comma-separated globs."""
   paths, empty = [], []
   for pattern in (p.strip() for p in patterns.split(',') if p.strip()):
-    matched = sorted(p for p in glob.glob(os.path.expanduser(pattern))
-                     if os.path.isfile(p))
+    matched = sorted(p for p in fileio.glob(fileio.expanduser(pattern))
+                     if fileio.exists(p) and not fileio.isdir(p))
     if not matched:
       empty.append(pattern)
     paths.extend(matched)
@@ -119,7 +119,7 @@ def main(argv):
                        'no ponder maps: use an ACT or SACT run.')
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from e
-  os.makedirs(FLAGS.output_dir, exist_ok=True)
+  fileio.makedirs(FLAGS.output_dir)
   predict = inference.make_predict_fn(model, config.data.preprocessing)
   model_max = viz.max_ponder_value(model.units_per_block)
   results, failures = {}, {}

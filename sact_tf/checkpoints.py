@@ -8,11 +8,12 @@ built model, refusing to leave any model variable unmatched.
 """
 
 import collections
-import os
 import re
 
 import numpy as np
 import tensorflow as tf
+
+from sact_tf import fileio
 
 LoadSummary = collections.namedtuple(
     'LoadSummary', ['num_variables', 'global_step', 'checkpoint_path'])
@@ -128,7 +129,7 @@ def save_authors_checkpoint(model, checkpoint_path, global_step=None):
   """
   if not model.built or not model.variables:
     raise ValueError('Build the model first (call it on a batch of images).')
-  folder = os.path.dirname(checkpoint_path) or '.'
+  folder = fileio.dirname(checkpoint_path) or '.'
   if not tf.io.gfile.isdir(folder):
     raise ValueError(f'Folder {folder} of checkpoint_path does not exist.')
   names = [authors_name(model, v) for v in model.variables]

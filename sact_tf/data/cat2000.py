@@ -16,6 +16,7 @@ the second half, so the splits are `first_half` and `second_half`.
 download when needed); `examples` reads a split's images and fixation maps.
 """
 
+import io
 import os
 import zipfile
 
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sact_tf import fileio
 from sact_tf.data import datasets
 
 SPLITS = ('first_half', 'second_half')
@@ -42,15 +44,32 @@ def missing_archive_message(manual_dir):
 
 
 def read_fixations(path):
-  """Reads `fixLocs` from a MATLAB file (v5 via SciPy, v7.3 via h5py)."""
+  """Reads `fixLocs` from a MATLAB file (v5 via SciPy, v7.3 via h5py); a
+  remote file (`gs://...`) is read into memory first."""
   from scipy import io as scipy_io  # pylint: disable=g-import-not-at-top
+
+  def source():
+    return (io.BytesIO(fileio.read_bytes(path)) if fileio.is_remote(path)
+            else path)
+
   try:
-    return np.asarray(scipy_io.loadmat(path)['fixLocs']) > 0
+    return np.asarray(scipy_io.loadmat(source())['fixLocs']) > 0
   except NotImplementedError:
     # MATLAB v7.3 files are HDF5, stored column-major.
     import h5py  # pylint: disable=g-import-not-at-top
-    with h5py.File(path, 'r') as f:
+    with h5py.File(source(), 'r') as f:
       return np.asarray(f['fixLocs']).T > 0
+
+
+def _is_zipfile(path):
+  """`zipfile.is_zipfile` of a local or remote (`tf.io.gfile`) file."""
+  if not fileio.is_remote(path):
+    return zipfile.is_zipfile(path)
+  try:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      return zipfile.is_zipfile(f)
+  except tf.errors.InvalidArgumentError:  # Seeking before the start.
+    return False
 
 
 def _find_root(manual_dir, extract):
@@ -62,7 +81,7 @@ def _find_root(manual_dir, extract):
       return folder
   archive = os.path.join(manual_dir, 'trainSet.zip')
   if tf.io.gfile.exists(archive):
-    if not zipfile.is_zipfile(archive):
+    if not _is_zipfile(archive):
       raise ValueError(f'{archive} is not a valid zip file (incomplete '
                        'download?); download it again.')
     extracted = extract(archive)
@@ -160,7 +179,7 @@ def prepare(data_dir=None, manual_dir=None):
   builder = Cat2000(data_dir=data_dir)
   if builder.is_prepared():
     return builder
-  manual_dir = os.path.expanduser(
+  manual_dir = fileio.expanduser(
       manual_dir or os.path.join(data_dir, 'downloads', 'manual'))
   logging.info('Preparing cat2000 in %s from %s.', data_dir, manual_dir)
   try:

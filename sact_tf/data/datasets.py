@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 from absl import logging
 import tensorflow_datasets as tfds
 
+from sact_tf import fileio
 from sact_tf.data import clutter_digits
 
 
@@ -116,8 +117,8 @@ def get_spec(name):
 def default_data_dir(data_dir=None):
   """`data_dir`, or TFDS' default (`~/tensorflow_datasets`, $TFDS_DATA_DIR)."""
   if data_dir:
-    return os.path.expanduser(data_dir)
-  return os.path.expanduser(
+    return fileio.expanduser(data_dir)
+  return fileio.expanduser(
       os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
 
 
@@ -157,7 +158,7 @@ def prepare(name, data_dir=None, download=True):
     # Network and archive errors come in many types; whatever failed, say
     # what to do.
     missing = [f for f in spec.manual_files
-               if not os.path.exists(os.path.join(manual_dir, f))]
+               if not fileio.exists(os.path.join(manual_dir, f))]
     where = (f' and {", ".join(missing)} {"is" if len(missing) == 1 else "are"}'
              f' missing from {manual_dir}' if missing else '')
     raise DatasetNotReadyError(

@@ -78,6 +78,18 @@ def resolve(path):
   return rundir.resolve(path)
 
 
+def is_folder(path):
+  """Whether `path` is a checkpoint folder rather than a prefix (see
+  `rundir.is_folder`)."""
+  return rundir.is_folder(path)
+
+
+def load_checkpoint(prefix):
+  """A checkpoint reader of `prefix` (`tf.train.load_checkpoint`, also on
+  filesystems that call a prefix a folder; see `rundir.load_checkpoint`)."""
+  return rundir.load_checkpoint(prefix)
+
+
 def describe_model(model):
   """A model's layout in words, for error messages."""
   return (f'model {model.name} ({model.family}, {model.model_type}, units '
@@ -174,7 +186,7 @@ def _unescape(name):
 def checkpoint_weights(prefix):
   """{weight name without the model's name: checkpoint key} of a sact_tf
   checkpoint (the format of this module)."""
-  reader = tf.train.load_checkpoint(prefix)
+  reader = load_checkpoint(prefix)
   weights = {}
   for key in reader.get_variable_to_shape_map():
     match = _MODEL_KEY.match(key)
@@ -213,7 +225,7 @@ def copy_from_checkpoint(model, path, select, header, hint=None,
     ValueError: a COPY variable is missing or has another shape.
   """
   prefix = resolve(path)
-  reader = tf.train.load_checkpoint(prefix)
+  reader = load_checkpoint(prefix)
   shapes = reader.get_variable_to_shape_map()
   keys = checkpoint_weights(prefix)
   pairs, missing, wrong_shape, kept = [], [], [], 0

@@ -15,13 +15,17 @@ one row per example:
   metadata               str           JSON: model fields, checkpoint, step,
                                        dataset, split, image size...
 
-Read it with `np.load(path)` and `json.loads(str(npz['metadata']))`. Each
-array streams batch by batch to a scratch file beside the output, so memory
-holds one batch whatever the split's size; the NPZ appears atomically
-(temp file + rename) when every batch is done.
+Read it with `np.load(path)` and `json.loads(str(npz['metadata']))`
+(`load(path)` also reads `gs://` and other `tf.io.gfile` paths). Each
+array streams batch by batch to a scratch file beside the output (for an
+output on a remote filesystem such as `gs://`, in the local temporary
+folder), so memory holds one batch whatever the split's size; the NPZ
+appears atomically (temp file + rename, `sact_tf.fileio`) when every batch
+is done.
 """
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -119,22 +123,42 @@ def iterate(model, dataset, total=None):
     yield arrays
 
 
+class _Unseekable:
+  """A write-only view of a file object, so that `zipfile` streams into it
+  (data descriptors) rather than seeking back, which remote files cannot."""
+
+  def __init__(self, f):
+    self._f = f
+
+  def write(self, data):
+    self._f.write(data)
+    return len(data)
+
+  def flush(self):
+    self._f.flush()
+
+
 class NpzStream:
   """Writes an NPZ file array by array from batches, atomically.
 
   `append(arrays)` adds a batch (rows) to each named array, kept in scratch
-  files in a temporary folder beside `path`; `close(extra)` writes the NPZ
+  files in a temporary folder beside `path` (in the local temporary folder
+  when `path` is remote, e.g. `gs://`); `close(extra)` writes the NPZ
   (uncompressed, zip64) to a temporary file, renames it to `path` and
-  removes the scratch. Use as a context manager: on an error nothing is left
-  behind and an existing `path` is untouched.
+  removes the scratch (`sact_tf.fileio.writer`). Use as a context manager:
+  on an error nothing is left behind and an existing `path` is untouched.
   """
 
   def __init__(self, path):
-    self.path = os.path.abspath(path)
-    folder = os.path.dirname(self.path)
-    os.makedirs(folder, exist_ok=True)
-    self._scratch = tempfile.mkdtemp(
-        prefix='.' + os.path.basename(self.path) + '.', dir=folder)
+    self.path = fileio.absolute(path)
+    if fileio.is_remote(self.path):
+      fileio.makedirs(fileio.dirname(self.path))
+      self._scratch = tempfile.mkdtemp(prefix='sact_npz_')
+    else:
+      folder = os.path.dirname(self.path)
+      os.makedirs(folder, exist_ok=True)
+      self._scratch = tempfile.mkdtemp(
+          prefix='.' + os.path.basename(self.path) + '.', dir=folder)
     self._parts = {}
 
   def append(self, arrays):
@@ -155,30 +179,24 @@ class NpzStream:
 
   def close(self, extra=None):
     """Writes the NPZ with `extra` (name -> small array) and returns path."""
-    fd, temp = tempfile.mkstemp(prefix='.' + os.path.basename(self.path) + '.',
-                                suffix='.tmp', dir=os.path.dirname(self.path))
-    os.close(fd)
     try:
-      with zipfile.ZipFile(temp, 'w', zipfile.ZIP_STORED,
-                           allowZip64=True) as archive:
-        for key, part in self._parts.items():
-          part['handle'].close()
-          header = {'descr': np.lib.format.dtype_to_descr(part['dtype']),
-                    'fortran_order': False,
-                    'shape': (part['rows'],) + tuple(part['shape'])}
-          with archive.open(key + '.npy', 'w', force_zip64=True) as out, \
-              open(part['handle'].name, 'rb') as data:
-            np.lib.format.write_array_header_1_0(out, header)
-            shutil.copyfileobj(data, out, 1 << 24)
-        for key, value in (extra or {}).items():
-          with archive.open(key + '.npy', 'w', force_zip64=True) as out:
-            np.lib.format.write_array(out, np.asarray(value),
-                                      allow_pickle=False)
-      fileio.publish(temp, self.path)
-    except BaseException:
-      if os.path.exists(temp):
-        os.remove(temp)
-      raise
+      with fileio.writer(self.path) as f:
+        target = _Unseekable(f) if fileio.is_remote(self.path) else f
+        with zipfile.ZipFile(target, 'w', zipfile.ZIP_STORED,
+                             allowZip64=True) as archive:
+          for key, part in self._parts.items():
+            part['handle'].close()
+            header = {'descr': np.lib.format.dtype_to_descr(part['dtype']),
+                      'fortran_order': False,
+                      'shape': (part['rows'],) + tuple(part['shape'])}
+            with archive.open(key + '.npy', 'w', force_zip64=True) as out, \
+                open(part['handle'].name, 'rb') as data:
+              np.lib.format.write_array_header_1_0(out, header)
+              shutil.copyfileobj(data, out, 1 << 24)
+          for key, value in (extra or {}).items():
+            with archive.open(key + '.npy', 'w', force_zip64=True) as out:
+              np.lib.format.write_array(out, np.asarray(value),
+                                        allow_pickle=False)
     finally:
       self._cleanup()
     return self.path
@@ -239,8 +257,8 @@ def export_run(model_dir, output, split=None, max_examples=None,
                        'examples.')
     metadata = {
         'model': config.model_fields(), 'tau': config.loss.tau,
-        'model_dir': os.path.abspath(model_dir),
-        'checkpoint': os.path.abspath(prefix),
+        'model_dir': fileio.absolute(model_dir),
+        'checkpoint': fileio.absolute(prefix),
         'step': evaluation.checkpoint_step(prefix),
         'dataset': config.data.dataset, 'split': split,
         'preprocessing': config.data.preprocessing, 'image_size': image_size,
@@ -255,8 +273,11 @@ def export_run(model_dir, output, split=None, max_examples=None,
 
 
 def load(path):
-  """`(arrays, metadata)` of an exported NPZ file (arrays read eagerly)."""
-  with np.load(path, allow_pickle=False) as npz:
+  """`(arrays, metadata)` of an exported NPZ file (arrays read eagerly; a
+  remote file is read into memory first)."""
+  source = (io.BytesIO(fileio.read_bytes(path)) if fileio.is_remote(path)
+            else path)
+  with np.load(source, allow_pickle=False) as npz:
     arrays = {k: npz[k] for k in npz.files if k != METADATA_KEY}
     metadata = json.loads(str(npz[METADATA_KEY]))
   return arrays, metadata

@@ -5,11 +5,12 @@ A run directory holds `config.json`, the checkpoints `ckpt-<step>.index` /
 records and TensorBoard logs. Training guards it in three ways:
 
 * **A lock** (`train.lock`, JSON with the holder's host, pid, start and
-  heartbeat times). A second trainer on the same directory is refused with
-  the holder's details. A lock left by a process that died is detected and
-  taken over: on the same host when its pid is gone (or belongs to a
-  process started later), on another host when its heartbeat, refreshed at
-  every summary and checkpoint, is older than `STALE_AFTER_SECONDS`.
+  heartbeat times and a random token). A second trainer on the same
+  directory is refused with the holder's details. A lock left by a process
+  that died is detected and taken over: on the same host when its pid is
+  gone (or belongs to a process started later), on another host when its
+  heartbeat, refreshed at every summary and checkpoint, is older than
+  `STALE_AFTER_SECONDS`.
   Evaluation and export only read and take no lock.
 * **Intact checkpoints only.** `find_checkpoints` lists the checkpoints by
   their files, newest first, whatever the `checkpoint` state file says (it
@@ -24,6 +25,13 @@ records and TensorBoard logs. Training guards it in three ways:
   step 0 in a directory that holds checkpoints is refused unless asked to
   (`restart_from_scratch`), and then the old checkpoints and config go to
   `replaced-<UTC time>/`, not away.
+
+The run directory may be on any `tf.io.gfile` filesystem (`gs://...`):
+everything here goes through `sact_tf.fileio`. There, creating the lock is
+not atomic (object stores have no exclusive create here): the lock is
+written when there is none and read back, so two trainers starting within
+the same moment may both go on; do not rely on it to arbitrate between
+simultaneous starts on a bucket.
 """
 
 import collections
@@ -31,9 +39,9 @@ import datetime
 import json
 import os
 import re
-import shutil
 import socket
 import time
+import uuid
 
 from absl import logging
 import tensorflow as tf
@@ -122,21 +130,19 @@ class RunLock:
     if not exclusive:
       fileio.write_bytes(self.path, data)
       return
-    # A complete temp file hard-linked into place: creation is atomic and
-    # fails if a lock exists, and readers never see a half-written lock.
-    temp = self.path + f'.{os.getpid()}.tmp'
-    with open(temp, 'wb') as f:
-      f.write(data)
-    try:
-      os.link(temp, self.path)
-    finally:
-      os.remove(temp)
+    # Locally a complete temp file hard-linked into place: creation is
+    # atomic and fails if a lock exists, and readers never see a
+    # half-written lock. Remote: written if there is none, then read back.
+    fileio.create_new(self.path, data)
+    if fileio.is_remote(self.path):
+      record = self.holder()
+      if not record or record.get('token') != self._record['token']:
+        raise FileExistsError(f'{self.path} was taken meanwhile')
 
   def holder(self):
     """The current lock record (a dict), {} if unreadable, None if none."""
     try:
-      with open(self.path, encoding='utf-8') as f:
-        record = json.load(f)
+      record = json.loads(fileio.read_text(self.path))
       return record if isinstance(record, dict) else {}
     except FileNotFoundError:
       return None
@@ -146,7 +152,13 @@ class RunLock:
   def _stale_reason(self, record):
     """Why the lock `record` is stale, or None if its holder may be alive."""
     if not record:
-      age = time.time() - os.path.getmtime(self.path)
+      try:
+        modified = fileio.mtime(self.path)
+      except FileNotFoundError:
+        return None
+      if modified is None:  # Not recorded (e.g. ram://): never stale.
+        return None
+      age = time.time() - modified
       if age > self.stale_after:
         return f'unreadable lock file, untouched for {age:.0f} s'
       return None
@@ -167,10 +179,10 @@ class RunLock:
     return None
 
   def acquire(self):
-    os.makedirs(self.model_dir, exist_ok=True)
+    fileio.makedirs(self.model_dir)
     self._record = dict(host=socket.gethostname(), pid=os.getpid(),
                         pid_start=_process_start(os.getpid()),
-                        started=_now())
+                        started=_now(), token=uuid.uuid4().hex)
     for _ in range(3):
       try:
         self._write(exclusive=True)
@@ -187,7 +199,7 @@ class RunLock:
       logging.warning('Taking over the stale training lock %s (%s).',
                       self.path, reason)
       try:
-        os.remove(self.path)
+        fileio.remove(self.path)
       except FileNotFoundError:
         pass
     raise RunDirectoryLockedError(self._locked_message(self.holder() or {}))
@@ -209,7 +221,7 @@ class RunLock:
     if self.held:
       try:
         self._write(exclusive=False)
-      except OSError as e:
+      except (OSError, tf.errors.OpError) as e:
         logging.warning('Could not refresh the training lock %s: %s',
                         self.path, e)
 
@@ -222,7 +234,7 @@ class RunLock:
     if record and record.get('pid') == os.getpid() and (
         record.get('host') == socket.gethostname()):
       try:
-        os.remove(self.path)
+        fileio.remove(self.path)
       except FileNotFoundError:
         pass
 
@@ -251,6 +263,28 @@ class NoLock:
 
 
 # --------------------------------------------------------- the checkpoints
+
+
+def is_folder(path):
+  """Whether `path` is a folder rather than a checkpoint prefix.
+
+  TensorFlow's `ram://` filesystem calls every leading part of a file name
+  a folder (`ram://run/ckpt-2` is one when `ram://run/ckpt-2.index`
+  exists); a remote path with an index file beside it is taken as a
+  prefix.
+  """
+  if not fileio.isdir(path):
+    return False
+  return not (fileio.is_remote(path) and tf.io.gfile.exists(path + '.index'))
+
+
+def load_checkpoint(path):
+  """`tf.train.load_checkpoint(path)` (a checkpoint reader), reading a
+  remote prefix as a prefix even where the filesystem calls it a folder
+  too (see `is_folder`)."""
+  if fileio.is_remote(path) and not is_folder(path):
+    return tf.compat.v1.train.NewCheckpointReader(path)
+  return tf.train.load_checkpoint(path)
 
 
 def find_checkpoints(directory):
@@ -283,7 +317,7 @@ def check_intact(prefix):
     if not tf.io.gfile.exists(name):
       raise CorruptCheckpointError(f'{name} is missing')
   try:
-    reader = tf.train.load_checkpoint(prefix)
+    reader = load_checkpoint(prefix)
     for key in reader.get_variable_to_shape_map():
       reader.get_tensor(key)
   except (tf.errors.OpError, IndexError, ValueError, RuntimeError) as e:
@@ -330,7 +364,7 @@ def resolve(path):
     CorruptCheckpointError: the newest checkpoint (or the prefix given)
       cannot be read; the message names the intact one to use instead.
   """
-  if tf.io.gfile.isdir(path):
+  if is_folder(path):
     result = scan(path)
     if result.latest is None and not result.broken:
       # Checkpoints under other names, listed by the state file.
@@ -365,17 +399,17 @@ def resolve(path):
 def _move(names, directory, target):
   """Moves the files `names` of `directory` into `directory/target`."""
   folder = os.path.join(directory, target)
-  os.makedirs(folder, exist_ok=True)
+  fileio.makedirs(folder)
   for name in names:
     destination = os.path.join(folder, name)
-    if os.path.exists(destination):
+    if fileio.exists(destination):
       destination += f'.{int(time.time())}'
-    os.replace(os.path.join(directory, name), destination)
+    fileio.rename(os.path.join(directory, name), destination)
 
 
 def _files_of(prefix):
-  directory, base = os.path.split(prefix)
-  return sorted(n for n in os.listdir(directory)
+  directory, base = fileio.dirname(prefix), os.path.basename(prefix)
+  return sorted(n for n in fileio.listdir(directory)
                 if n == base + '.index' or n.startswith(base + '.data-'))
 
 
@@ -384,8 +418,8 @@ def _write_state(directory, prefixes):
   first), or removes it when there are none."""
   path = os.path.join(directory, STATE_FILENAME)
   if not prefixes:
-    if os.path.exists(path):
-      os.remove(path)
+    if fileio.exists(path):
+      fileio.remove(path)
     return
   names = [os.path.basename(p) for p in reversed(prefixes)]
   lines = [f'model_checkpoint_path: "{names[-1]}"']
@@ -425,18 +459,18 @@ def prepare_resume(model_dir, restart_from_scratch=False):
     CorruptCheckpointError: the directory holds checkpoints but none is
       intact (and `restart_from_scratch` is not set).
   """
-  if not os.path.isdir(model_dir):
+  if not fileio.isdir(model_dir):
     return Resume(None, 0)
-  for name in os.listdir(model_dir):
+  for name in fileio.listdir(model_dir):
     path = os.path.join(model_dir, name)
-    if _TEMP_DIR.match(name) and os.path.isdir(path):
-      shutil.rmtree(path, ignore_errors=True)
+    if _TEMP_DIR.match(name) and fileio.isdir(path):
+      fileio.rmtree(path, ignore_errors=True)
       logging.info('Removed %s, left by an interrupted checkpoint save.',
                    path)
   if restart_from_scratch:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
         '%Y%m%dT%H%M%SZ')
-    names = [n for n in os.listdir(model_dir)
+    names = [n for n in fileio.listdir(model_dir)
              if _CHECKPOINT_FILE.match(n)
              or n in (STATE_FILENAME, 'config.json')]
     if names:
