@@ -1,4 +1,4 @@
-"""SavedModel export of ACT/SACT classifiers for serving.
+"""SavedModel export of plain, ACT and SACT classifiers for serving.
 
 `export_saved_model(model, export_dir)` writes a SavedModel with three
 signatures:
@@ -20,6 +20,18 @@ All return `probabilities` `[B, classes]`, `top_classes` / `top_scores`
 `[B, 5]`, `flops` int64 `[B]`, `ponder_cost` `[B]`, `ponder_map` `[B, h, w]`
 (summed over blocks at the first block's resolution) and
 `ponder_map_resized` `[B, H, W]` (the same, nearest-upsampled to the input).
+Every float output is float32 and `top_classes` int32, whatever the model's
+precision (a `mixed_bfloat16` / `mixed_float16` model computes in 16 bits
+and its outputs are cast at the end).
+
+A plain ResNet (model_type='resnet') exports with the same signatures and
+outputs, so that it can be served next to an ACT or SACT model: it is an
+ACT model whose halting scores are 0 before each block's last unit, so
+every block has ponder cost N + R = L + 1 (L units, remainder 1) at every
+position. Its `ponder_cost` is the constant sum over blocks of L + 1
+(`sact_tf.viz.max_ponder_value`, the most an ACT/SACT model of the same
+layout can spend), its ponder maps hold that value everywhere, and its
+`flops` are those of every unit (they depend on the image size only).
 
 Requests are checked in the graph, before any work, and refused with an
 `InvalidArgumentError` that says what is wrong and what to send instead:
@@ -44,32 +56,55 @@ Requests are checked in the graph, before any work, and refused with an
   a file that passes these checks still fails in the decoder, whose error
   cannot name the item.
 
-The export folder (`check_export_dir`, `write_archive`): an export is
-written to a temporary folder next to `export_dir` and swapped in (the old
-folder renamed aside, the new one renamed in, the old one deleted), so an
+The export folder (`check_export_dir`, `write_archive`):
+`export_saved_model` writes exactly into `export_dir`. An export is written
+to a temporary folder next to `export_dir` and swapped in (the old folder
+renamed aside, the new one renamed in, the old one deleted), so an
 interrupted export never leaves a half-written model nor loses the old one.
 Every export holds a marker, `sact_export.json` next to `saved_model.pb`,
-naming its source run directory, checkpoint and model, and the limits
-above. `export_dir` may be new, empty, or an earlier export of the same run
-(replaced). Anything else non-empty is replaced only with `overwrite=True`
-(the binaries' `--overwrite`); the run directory, a folder containing it,
-and anything that looks like a run directory (holds `config.json`,
-`checkpoint`, `ckpt-*` or TensorBoard event files) never are.
+naming its source run directory, checkpoint, model and precision, and the
+limits above. `export_dir` may be new, empty, or an earlier export of the
+same run (replaced). Anything else non-empty is replaced only with
+`overwrite=True` (the binaries' `--overwrite`); the run directory, a folder
+containing it, and anything that looks like a run directory (holds
+`config.json`, `checkpoint`, `ckpt-*` or TensorBoard event files) never
+are.
+
+Versions (`export_versioned`, `version_dir`, `check_version_dir`): the
+binaries write to `BASE/<version>/`, the layout TF Serving watches
+(`--model_base_path=BASE`), where the version is the checkpoint's global
+step (`checkpoint_step`) unless one is given. The rules above apply to the
+version folder; other versions in BASE are left alone. BASE itself must be
+a folder (or new), must not be or hold a run directory, and must not hold
+a SavedModel of its own (`check_export_base`).
+
+Every file operation goes through `tf.io.gfile`, so `export_dir` may be a
+local path or a URL of any filesystem TensorFlow has (`gs://...`,
+`ram://...`). Where the filesystem cannot rename a folder with its contents
+(`tf.io.gfile.rename` raises `tf.errors.UnimplementedError`, as on some
+object stores, or moves the folder's entry only, as TensorFlow's in-memory
+`ram://` does; probed once per export with a small `.export-probe-*`
+folder), the export is written in place instead, with a logged warning: the
+version it replaces is deleted first, and an interrupted export leaves a
+partial folder without `sact_export.json`, which the next export replaces
+only with `overwrite=True`. Local folders are always swapped in.
 """
 
 import datetime
 import json
 import os
-import shutil
-import tempfile
+import re
+import uuid
 
 from absl import logging
 import keras
 import tensorflow as tf
 
+from sact_tf import architectures
 from sact_tf import fileio
 from sact_tf import inference
 from sact_tf import viz
+from sact_tf.layers import common as common_layers
 
 TOP_K = 5
 # Longest side, in pixels, of an image the model runs on at its resolution.
@@ -353,15 +388,35 @@ def check_encoded(encoded, max_size=MAX_ENCODED_SIZE):
     return tf.identity(checked)
 
 
+def float32_outputs(outputs):
+  """`outputs` with every floating tensor cast to float32 (a mixed-precision
+  model's 16-bit values included); integer outputs are left as they are."""
+  return {key: tf.cast(value, tf.float32) if value.dtype.is_floating
+          else value for key, value in outputs.items()}
+
+
+def first_block_size(model, height, width):
+  """(height, width) of a ResNet's first block on `height` x `width` images.
+
+  The resolution of the ponder maps of an ACT/SACT model of the same layout:
+  the ImageNet stem halves the size twice (7x7 conv and max pool, stride 2,
+  'same'-sized), the CIFAR stem keeps it, then the block's first unit
+  applies its stride.
+  """
+  strides = [2, 2] if model.family == 'imagenet' else []
+  strides.append(model.blocks[0].units[0].stride)
+  for stride in strides:
+    height = common_layers.same_size(height, stride)
+    width = common_layers.same_size(width, stride)
+  return height, width
+
+
 class ServingFunctions:
   """The serving computations of a `sact_tf.models.ResNet`."""
 
   def __init__(self, model, image_size=224, crop_fraction=0.875,
                preprocessing='inception', max_image_size=MAX_IMAGE_SIZE,
                max_encoded_size=MAX_ENCODED_SIZE):
-    if model.model_type == 'resnet':
-      raise ValueError('Serving exports ponder maps: export an ACT or SACT '
-                       "model, not model_type='resnet'.")
     self.model = model
     self.preprocessing = inference.validate_preprocessing(preprocessing)
     self.image_size = int(image_size)
@@ -380,18 +435,39 @@ class ServingFunctions:
     tf.debugging.assert_positive(
         tf.shape(images)[0], message='Empty batch: send at least one image.')
     out = self.model(images, training=False)
-    probabilities = tf.nn.softmax(out['logits'])
+    probabilities = tf.nn.softmax(tf.cast(out['logits'], tf.float32))
     top_scores, top_classes = tf.math.top_k(
         probabilities, k=min(TOP_K, self.model.num_classes))
-    first = viz.block_ponder_maps(out)[0]
-    return {
+    if self.model.model_type == 'resnet':
+      ponder = self._plain_ponder(images)
+    else:
+      first = viz.block_ponder_maps(out)[0]
+      ponder = {
+          'ponder_cost': out['ponder_cost'],
+          'ponder_map': viz.total_ponder_map(out, tf.shape(first)[1:3]),
+          'ponder_map_resized': viz.total_ponder_map(out,
+                                                     tf.shape(images)[1:3]),
+      }
+    outputs = {
         'probabilities': probabilities,
         'top_classes': top_classes,
         'top_scores': top_scores,
         'flops': out['flops'],
-        'ponder_cost': out['ponder_cost'],
-        'ponder_map': viz.total_ponder_map(out, tf.shape(first)[1:3]),
-        'ponder_map_resized': viz.total_ponder_map(out, tf.shape(images)[1:3]),
+        **ponder,
+    }
+    return float32_outputs(outputs)
+
+  def _plain_ponder(self, images):
+    """The ponder outputs of a plain ResNet: L + 1 per block, everywhere."""
+    value = viz.max_ponder_value(self.model.units_per_block)
+    shape = tf.shape(images)
+    batch = shape[0]
+    return {
+        'ponder_cost': tf.fill([batch], value),
+        'ponder_map': tf.fill(
+            tf.stack([batch, *first_block_size(self.model, shape[1],
+                                               shape[2])]), value),
+        'ponder_map_resized': tf.fill(shape[:3], value),
     }
 
   def serve_images(self, images):
@@ -431,6 +507,12 @@ def describe(model):
           ).replace('  ', ' ')
 
 
+def precision_of(model):
+  """`model`'s Keras dtype policy by name: 'float32', 'mixed_bfloat16'..."""
+  policy = getattr(model, 'dtype_policy', None)
+  return getattr(policy, 'name', None) or 'float32'
+
+
 def export_saved_model(model, export_dir, image_size=224,
                        preprocessing='inception',
                        max_image_size=MAX_IMAGE_SIZE,
@@ -439,9 +521,12 @@ def export_saved_model(model, export_dir, image_size=224,
   """Writes a serving SavedModel of `model` to `export_dir` atomically.
 
   Args:
-    model: a built ACT or SACT `sact_tf.models.ResNet`.
-    export_dir: the folder to write; see `check_export_dir` for which
-      existing folders are replaced.
+    model: a built `sact_tf.models.ResNet`, plain, ACT or SACT, of any
+      precision (dtype policy); the outputs are float32 either way.
+    export_dir: the folder to write (exactly there; see `export_versioned`
+      for TF Serving's `BASE/<version>/` layout); see `check_export_dir` for
+      which existing folders are replaced. A local path or a `tf.io.gfile`
+      URL (`gs://`, `ram://`).
     image_size: the resolution `serve_encoded` resizes to.
     preprocessing: 'inception' or 'cifar', the recipe the model was trained
       with.
@@ -461,8 +546,8 @@ def export_saved_model(model, export_dir, image_size=224,
   `export_dir`.
 
   Raises:
-    ValueError: a plain ResNet, a bad limit, or an `export_dir` that is or
-      holds a run directory.
+    ValueError: a bad limit, or an `export_dir` that is or holds a run
+      directory.
     ExportDirError (a FileExistsError): `export_dir` is a file, or a
       non-empty folder that needs `overwrite=True`.
   """
@@ -491,6 +576,7 @@ def export_saved_model(model, export_dir, image_size=224,
       'preprocessing': functions.preprocessing,
       'max_image_size': functions.max_image_size,
       'max_encoded_size': functions.max_encoded_size,
+      'precision': precision_of(model),
   }
   return write_archive(archive, export_dir, overwrite=overwrite,
                        run_dir=run_dir, checkpoint=checkpoint,
@@ -498,20 +584,157 @@ def export_saved_model(model, export_dir, image_size=224,
                        details=details)
 
 
+# Versions: TF Serving's BASE/<version>/ layout.
+
+
+def validate_version(version):
+  """`version` as an int >= 0 (a version folder's name), or a ValueError."""
+  if not architectures.is_int(version) or version < 0:
+    raise ValueError(f'The export version must be a non-negative integer '
+                     f'(the name of its folder in --export_dir), got '
+                     f'{version!r}.')
+  return int(version)
+
+
+def version_dir(base, version):
+  """The folder of export `version` in `base`: `base/<version>`."""
+  return os.path.join(base, str(validate_version(version)))
+
+
+_STEP_KEY = 'step/.ATTRIBUTES/VARIABLE_VALUE'
+_NUMBERED = re.compile(r'-(\d+)$')
+
+
+def checkpoint_step(prefix):
+  """The global step of checkpoint `prefix`: the default export version.
+
+  Read from the checkpoint's `step` variable (what training and
+  `checkpointing.write_model_checkpoint` save), else from the number ending
+  the prefix (`ckpt-N`, `model.ckpt-N`).
+
+  Raises:
+    ValueError: neither tells the step (pass a version instead).
+  """
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    if reader.has_tensor(_STEP_KEY):
+      step = int(reader.get_tensor(_STEP_KEY))
+      if step >= 0:
+        return step
+  except (tf.errors.OpError, ValueError):
+    pass
+  match = _NUMBERED.search(prefix.rstrip('/'))
+  if match:
+    return int(match.group(1))
+  raise ValueError(f'Cannot tell the global step of checkpoint {prefix} (it '
+                   'has no step variable and its name does not end with '
+                   '-<step>): pass --version=N to name the export version.')
+
+
+def check_export_base(base, run_dir=None, checkpoint=None):
+  """Raises unless `base` may hold versioned exports (`BASE/<version>/`).
+
+  `base` may be new, or a folder holding earlier versions and anything
+  else but a run: it must not be, or contain, the run directory, the
+  checkpoint's folder, the current directory or the home folder, nor look
+  like a run directory (`config.json`, `checkpoint`, `ckpt-*` or TensorBoard
+  files anywhere in it), whatever `overwrite` says.
+
+  Raises:
+    ValueError: `base` is or holds a run directory (or one of the folders
+      above).
+    ExportDirError (a FileExistsError and ValueError): `base` is a file, or
+      holds a SavedModel itself (an export written before versions, or
+      another tool's): TF Serving would not see the versions next to it.
+  """
+  _check_protected(base, run_dir, checkpoint)
+  target = _canonical(base)
+  if not tf.io.gfile.exists(target):
+    return
+  if not tf.io.gfile.isdir(target):
+    raise ExportDirError(
+        f'--export_dir={base} is a file, not a folder: choose a new folder, '
+        'or one holding earlier exports, for the SavedModels (they are '
+        'written to <export_dir>/<version>/).')
+  _check_not_a_run(base, target, run_dir)
+  if 'saved_model.pb' in _listdir(target):
+    raise ExportDirError(
+        f'--export_dir={base} holds a SavedModel itself '
+        f'({os.path.join(target, "saved_model.pb")}), e.g. an export '
+        'written before exports went to numbered version folders: exports '
+        'are written to <export_dir>/<version>/, the layout TF Serving '
+        f'reads. Move that model into a version folder (e.g. '
+        f'{version_dir(base, 1)}) or choose another --export_dir.')
+
+
+def check_version_dir(base, version, run_dir=None, checkpoint=None,
+                      overwrite=False):
+  """What exporting `version` into `base` would do, or why it must not.
+
+  `check_export_base` for `base`, then `check_export_dir`'s rules for the
+  version folder `base/<version>`: new, empty, an earlier export of
+  `run_dir` (replaced) or, with `overwrite`, anything else but a run. Other
+  versions in `base` are not looked at.
+
+  Returns:
+    `(version folder, action)`, action as `check_export_dir`'s.
+
+  Raises:
+    as `check_export_base` and `check_export_dir`.
+  """
+  check_export_base(base, run_dir, checkpoint)
+  path = version_dir(base, version)
+  return path, _check_folder(
+      path, f'Version {int(version)} of --export_dir={base} ({path})',
+      'choose another version (--version=N)', run_dir, checkpoint,
+      overwrite)
+
+
+def export_versioned(model, base, version, overwrite=False, run_dir=None,
+                     checkpoint=None, **kwargs):
+  """`export_saved_model` into `base/<version>/` (TF Serving's layout).
+
+  `base` is checked with `check_export_base`, the version folder with
+  `check_export_dir` (an earlier export of `run_dir` there is replaced, any
+  other non-empty folder only with `overwrite`); other versions in `base`
+  are left alone. `kwargs` are `export_saved_model`'s (image_size,
+  preprocessing, limits, description). Returns the version folder.
+  """
+  path, _ = check_version_dir(base, version, run_dir, checkpoint, overwrite)
+  return export_saved_model(model, path, overwrite=overwrite,
+                            run_dir=run_dir, checkpoint=checkpoint, **kwargs)
+
+
+# The export folder: what may be replaced, and the atomic write.
+
+def _canonical(path):
+  """`path` as compared and written: a local path absolute, with its links
+  resolved; a URL (`gs://`, `ram://`) without trailing slashes."""
+  if fileio.is_remote(path):
+    return fileio.scheme(path) + '://' + path.split('://', 1)[1].rstrip('/')
+  return fileio.real(path)
+
+
+def _listdir(folder):
+  # Object stores list sub-folders with a trailing slash.
+  return sorted(name.rstrip('/') for name in tf.io.gfile.listdir(folder))
+
+
 def read_marker(export_dir):
   """The `sact_export.json` of `export_dir` as a dict, or None."""
   try:
-    with open(os.path.join(export_dir, MARKER_FILENAME)) as f:
-      marker = json.load(f)
-  except (OSError, ValueError):
+    with tf.io.gfile.GFile(os.path.join(export_dir, MARKER_FILENAME),
+                           'rb') as f:
+      marker = json.loads(f.read())
+  except (tf.errors.OpError, OSError, ValueError):
     return None
   return marker if isinstance(marker, dict) else None
 
 
 def _run_file(folder):
   """A file in `folder` (or below) that only run directories hold, or None."""
-  for path, _, names in os.walk(folder):
-    for name in sorted(names):
+  for path, _, names in tf.io.gfile.walk(folder):
+    for name in sorted(n.rstrip('/') for n in names):
       if (name in ('config.json', 'checkpoint') or name.startswith('ckpt-')
           or '.ckpt' in name or name.startswith('events.out.tfevents')):
         return os.path.join(path, name)
@@ -519,8 +742,48 @@ def _run_file(folder):
 
 
 def _contains(folder, path):
-  """Whether `path` is `folder` or inside it (both real, absolute)."""
+  """Whether `path` is `folder` or inside it (both canonical)."""
+  if fileio.is_remote(folder) != fileio.is_remote(path):
+    return False
+  if fileio.is_remote(folder):
+    return path == folder or path.startswith(folder.rstrip('/') + '/')
   return os.path.commonpath([folder, path]) == folder
+
+
+def _suggestion(run_dir):
+  return (f' (e.g. {fileio.absolute(run_dir).rstrip("/")}_serving)' if run_dir
+          else '')
+
+
+def _check_protected(export_dir, run_dir, checkpoint):
+  """Raises ValueError if `export_dir` is or contains a protected folder."""
+  target = _canonical(export_dir)
+  protected = []
+  if run_dir:
+    protected.append(('the run directory', run_dir))
+  if checkpoint:
+    protected.append(('the folder of the checkpoint',
+                      checkpoint if tf.io.gfile.isdir(checkpoint)
+                      else fileio.dirname(_canonical(checkpoint))))
+  protected += [('the current directory', os.getcwd()),
+                ('your home folder', os.path.expanduser('~'))]
+  for what, path in protected:
+    if _contains(target, _canonical(path)):
+      verb = 'is' if _canonical(path) == target else 'contains'
+      raise ValueError(
+          f'--export_dir={export_dir} {verb} {what} ({path}), which an '
+          'export never replaces, even with --overwrite: choose a new '
+          f'folder for the SavedModel{_suggestion(run_dir)}.')
+
+
+def _check_not_a_run(name, target, run_dir):
+  run_file = _run_file(target)
+  if run_file:
+    raise ValueError(
+        f'--export_dir={name} looks like a run directory (it holds '
+        f'{run_file}, a config, checkpoint or TensorBoard file), which an '
+        'export never replaces, even with --overwrite: choose a new folder '
+        f'for the SavedModel{_suggestion(run_dir)}.')
 
 
 def check_export_dir(export_dir, run_dir=None, checkpoint=None,
@@ -541,45 +804,29 @@ def check_export_dir(export_dir, run_dir=None, checkpoint=None,
       file, or a non-empty folder that is not an export of `run_dir`, and
       `overwrite` is False.
   """
-  target = os.path.realpath(export_dir)
-  protected = []
-  if run_dir:
-    protected.append(('the run directory', run_dir))
-  if checkpoint:
-    protected.append(('the folder of the checkpoint',
-                      checkpoint if os.path.isdir(checkpoint)
-                      else os.path.dirname(os.path.abspath(checkpoint))))
-  protected += [('the current directory', os.getcwd()),
-                ('your home folder', os.path.expanduser('~'))]
-  suggestion = (f' (e.g. {os.path.abspath(run_dir).rstrip(os.sep)}_serving)'
-                if run_dir else '')
-  for what, path in protected:
-    if _contains(target, os.path.realpath(path)):
-      verb = 'is' if os.path.realpath(path) == target else 'contains'
-      raise ValueError(
-          f'--export_dir={export_dir} {verb} {what} ({path}), which an '
-          'export never replaces, even with --overwrite: choose a new '
-          f'folder for the SavedModel{suggestion}.')
-  if not os.path.lexists(export_dir):
+  return _check_folder(export_dir, f'--export_dir={export_dir}',
+                       'choose a new folder', run_dir, checkpoint, overwrite)
+
+
+def _check_folder(export_dir, label, alternative, run_dir, checkpoint,
+                  overwrite):
+  """`check_export_dir`, naming the folder `label` in the messages, which
+  offer `alternative` to --overwrite."""
+  _check_protected(export_dir, run_dir, checkpoint)
+  target = _canonical(export_dir)
+  if not tf.io.gfile.exists(target):
     return 'new'
-  if not os.path.isdir(target):
-    raise ExportDirError(
-        f'--export_dir={export_dir} is a file, not a folder: choose a new '
-        'or empty folder for the SavedModel.')
-  entries = sorted(os.listdir(target))
+  if not tf.io.gfile.isdir(target):
+    raise ExportDirError(f'{label} is a file, not a folder: {alternative} '
+                         'for the SavedModel.')
+  entries = _listdir(target)
   if not entries:
     return 'empty'
-  run_file = _run_file(target)
-  if run_file:
-    raise ValueError(
-        f'--export_dir={export_dir} looks like a run directory (it holds '
-        f'{run_file}, a config, checkpoint or TensorBoard file), which an '
-        'export never replaces, even with --overwrite: choose a new folder '
-        f'for the SavedModel{suggestion}.')
+  _check_not_a_run(export_dir, target, run_dir)
   marker = read_marker(target)
   extra = [e for e in entries if e not in EXPORT_ENTRIES]
   if (marker is not None and not extra and run_dir
-      and marker.get('run_dir') == os.path.realpath(run_dir)):
+      and marker.get('run_dir') == _canonical(run_dir)):
     return 'same_run'
   if overwrite:
     return 'overwrite'
@@ -595,27 +842,74 @@ def check_export_dir(export_dir, run_dir=None, checkpoint=None,
   else:
     what = f'holds an export of another run ({marker.get("run_dir")})'
   raise ExportDirError(
-      f'--export_dir={export_dir} {what}: choose a new folder or pass '
-      '--overwrite to replace it (overwrite=True in Python).')
+      f'{label} {what}: {alternative} or pass --overwrite to replace it '
+      '(overwrite=True in Python).')
+
+
+def _unique(parent, prefix):
+  """A new name in `parent` for a temporary folder (`.export-*`)."""
+  return os.path.join(parent, f'{prefix}{uuid.uuid4().hex[:12]}')
+
+
+def renames_folders(parent):
+  """Whether `tf.io.gfile.rename` moves a folder with its contents in
+  `parent`.
+
+  Local folders do. For a URL, a small `.export-probe-*` folder holding one
+  file is renamed and deleted: False when the rename raises
+  `tf.errors.UnimplementedError` (some object stores) or leaves the file
+  behind (TensorFlow's `ram://` renames the folder's entry only).
+  """
+  if not fileio.is_remote(parent):
+    return True
+  probe = _unique(parent, '.export-probe-')
+  before = os.path.join(probe, 'a', 'file')
+  after = os.path.join(probe, 'b', 'file')
+  try:
+    tf.io.gfile.makedirs(os.path.dirname(before))
+    with tf.io.gfile.GFile(before, 'wb') as f:
+      f.write(b'probe')
+    tf.io.gfile.rename(os.path.dirname(before), os.path.dirname(after))
+    return tf.io.gfile.exists(after) and not tf.io.gfile.exists(before)
+  except tf.errors.UnimplementedError:
+    return False
+  finally:
+    # File by file: where the rename moved the entry only, the file is not
+    # below any folder rmtree lists.
+    for path in (before, after):
+      try:
+        if tf.io.gfile.exists(path):
+          tf.io.gfile.remove(path)
+      except tf.errors.OpError:
+        pass
+    try:
+      tf.io.gfile.rmtree(probe)
+    except tf.errors.OpError:
+      pass
 
 
 def _swap_in(new, target):
   """Moves folder `new` to `target`, replacing a folder there atomically."""
-  if not os.path.lexists(target):
-    fileio.publish(new, target, directory=True)
+  if not tf.io.gfile.exists(target):
+    tf.io.gfile.rename(new, target)
     return
-  old = tempfile.mkdtemp(dir=os.path.dirname(target), prefix='.export-old-')
-  os.rename(target, old)  # Replaces the empty `old`.
+  old = _unique(fileio.dirname(target), '.export-old-')
+  tf.io.gfile.rename(target, old)
   try:
-    fileio.publish(new, target, directory=True)
+    tf.io.gfile.rename(new, target)
   except BaseException:
-    os.rename(old, target)
+    tf.io.gfile.rename(old, target)
     raise
   try:
-    shutil.rmtree(old)
-  except OSError as e:
+    tf.io.gfile.rmtree(old)
+  except tf.errors.OpError as e:
     logging.warning('Could not delete the replaced export, now in %s: %s',
                     old, e)
+
+
+def _write_marker(folder, marker):
+  with tf.io.gfile.GFile(os.path.join(folder, MARKER_FILENAME), 'wb') as f:
+    f.write((json.dumps(marker, indent=2, sort_keys=True) + '\n').encode())
 
 
 def write_archive(archive, export_dir, overwrite=False, run_dir=None,
@@ -626,38 +920,59 @@ def write_archive(archive, export_dir, overwrite=False, run_dir=None,
   replaced (it raises otherwise). The SavedModel and its marker,
   `sact_export.json` (`run_dir`'s absolute path, `checkpoint`,
   `description`, the creation time and the entries of `details`), go to a
-  temporary folder next to `export_dir`, which is then swapped in: an
-  interrupted export leaves no half-written model and keeps the old one.
-  Returns `export_dir`.
+  temporary folder next to `export_dir` (`.export-*`), which is then
+  swapped in: an interrupted export leaves no half-written model and keeps
+  the old one.
+
+  Where the filesystem cannot rename folders (`renames_folders`: e.g.
+  `tf.io.gfile.rename` raises `tf.errors.UnimplementedError`), the archive
+  is written in place instead, with a logged warning: a folder it replaces
+  is deleted first, and the marker is written last, so an interrupted
+  export leaves a folder without it (replaced next time only with
+  `overwrite`). Returns `export_dir`.
   """
   check_export_dir(export_dir, run_dir, checkpoint, overwrite)
   marker = dict(details or {})
   marker.update(
       format='sact_export', version=1,
-      run_dir=os.path.realpath(run_dir) if run_dir else None,
-      checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
+      run_dir=_canonical(run_dir) if run_dir else None,
+      checkpoint=fileio.absolute(checkpoint) if checkpoint else None,
       model=description,
       created=datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'))
-  target = os.path.realpath(export_dir)
-  parent = os.path.dirname(target)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix='.export-')
+  target = _canonical(export_dir)
+  parent = fileio.dirname(target)
+  tf.io.gfile.makedirs(parent)
+  if not renames_folders(parent):
+    logging.warning(
+        'The filesystem of %s cannot rename folders: writing the export in '
+        'place (an interrupted export leaves a partial folder there, '
+        'without %s).', export_dir, MARKER_FILENAME)
+    _log_action(check_export_dir(export_dir, run_dir, checkpoint, overwrite),
+                export_dir, run_dir)
+    if tf.io.gfile.exists(target):
+      tf.io.gfile.rmtree(target)
+    archive.write_out(target, verbose=False)
+    _write_marker(target, marker)
+    return export_dir
+  tmp = _unique(parent, '.export-')
   try:
     archive.write_out(tmp, verbose=False)
-    fileio.write_bytes(
-        os.path.join(tmp, MARKER_FILENAME),
-        (json.dumps(marker, indent=2, sort_keys=True) + '\n').encode())
+    _write_marker(tmp, marker)
     # Checked again: the folder may have changed while the model was
     # written.
-    action = check_export_dir(export_dir, run_dir, checkpoint, overwrite)
-    if action == 'same_run':
-      logging.info('Replacing the earlier export of %s in %s.', run_dir,
-                   export_dir)
-    elif action == 'overwrite':
-      logging.warning('Replacing %s (overwrite).', export_dir)
+    _log_action(check_export_dir(export_dir, run_dir, checkpoint, overwrite),
+                export_dir, run_dir)
     _swap_in(tmp, target)
   finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.rmtree(tmp)
   return export_dir
+
+
+def _log_action(action, export_dir, run_dir):
+  if action == 'same_run':
+    logging.info('Replacing the earlier export of %s in %s.', run_dir,
+                 export_dir)
+  elif action == 'overwrite':
+    logging.warning('Replacing %s (overwrite).', export_dir)

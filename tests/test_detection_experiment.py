@@ -93,7 +93,9 @@ def test_coco_train_eval_export_and_resume(tmp_path, caplog):
     assert os.path.exists(os.path.join(model_dir, 'ckpt-4.index'))
     assert len(_tensors(os.path.join(model_dir, 'train'), 'loss')) == 4
 
-  loaded = tf.saved_model.load(export_dir)
+  # TF Serving's layout: <export_dir>/<step>/, step 3 when exported.
+  assert os.listdir(export_dir) == ['3']
+  loaded = tf.saved_model.load(os.path.join(export_dir, '3'))
   # Grey: an all-black image is refused (what float [0, 1] pixels become).
   out = loaded.signatures['serving_default'](
       images=tf.fill([1, 30, 50, 3], tf.constant(128, tf.uint8)))

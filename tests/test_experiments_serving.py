@@ -116,12 +116,16 @@ def test_ponder_maps_of_photos_from_the_imported_model(oracle_run, tmp_path,
 def test_export_of_the_imported_model_serves_its_numbers(oracle_run,
                                                          tmp_path):
   export_dir = str(tmp_path / 'serving')
-  export_binary.main(['export', f'--model_dir={oracle_run}',
-                      f'--export_dir={export_dir}'])
-  _, model, _ = checkpointing.load_run(oracle_run)
+  version_dir = export_binary.main(['export', f'--model_dir={oracle_run}',
+                                    f'--export_dir={export_dir}'])
+  _, model, prefix = checkpointing.load_run(oracle_run)
+  # TF Serving's layout: <export_dir>/<the checkpoint's step>/.
+  step = prefix.rsplit('-', 1)[1]
+  assert version_dir == os.path.join(export_dir, step)
+  assert os.listdir(export_dir) == [step]
   images = np.random.default_rng(0).integers(0, 255, (2, 48, 40, 3),
                                              dtype=np.uint8)
-  served = tf.saved_model.load(export_dir).signatures['serving_default'](
+  served = tf.saved_model.load(version_dir).signatures['serving_default'](
       images=tf.constant(images))
   out = model(tf.constant(images, tf.float32) / 127.5 - 1.0, training=False)
   np.testing.assert_allclose(served['probabilities'].numpy(),
@@ -266,9 +270,10 @@ def test_ponder_map_of_a_plain_resnet_is_refused(tmp_path):
 
 def test_cifar_export_standardises_like_training(tmp_path):
   model = _tiny_run(tmp_path / 'run')
-  export_dir = str(tmp_path / 'serving')
-  export_binary.main(['export', f'--model_dir={tmp_path / "run"}',
-                      f'--export_dir={export_dir}'])
+  export_dir = export_binary.main(['export', f'--model_dir={tmp_path / "run"}',
+                                   f'--export_dir={tmp_path / "serving"}'])
+  # The version is the checkpoint's step (0 here).
+  assert export_dir == str(tmp_path / 'serving' / '0')
   assert oct(os.stat(export_dir).st_mode & 0o777) != '0o700'
   image = np.random.default_rng(3).integers(0, 255, (1, 32, 32, 3),
                                             dtype=np.uint8)
@@ -327,24 +332,29 @@ def test_export_never_writes_over_a_run_directory(tmp_path):
 def test_export_replaces_its_own_run_or_with_overwrite(tmp_path, capsys):
   run = tmp_path / 'run'
   model = _tiny_run(run)
-  export_dir = tmp_path / 'serving'
-  export_dir.mkdir()
+  # The rules apply to the version folder: <base>/<step>, step 0 here.
+  base = tmp_path / 'serving'
+  export_dir = base / '0'
+  export_dir.mkdir(parents=True)
   (export_dir / 'notes.txt').write_text('mine')
+  (base / 'README').write_text('not a version: left alone')
 
   def export(*args, model_dir=run):
     export_binary.FLAGS.unparse_flags()
     export_binary.main(['export', f'--model_dir={model_dir}',
-                        f'--export_dir={export_dir}', *args])
+                        f'--export_dir={base}', *args])
     return capsys.readouterr().out
 
   with pytest.raises(app.UsageError,
-                     match=r'serving is not empty and is not an export of '
-                           r'this run: choose a new folder or pass '
-                           r'--overwrite to replace it'):
+                     match=r'serving/0\) is not empty and is not an export '
+                           r'of this run: choose another version '
+                           r'\(--version=N\) or pass --overwrite to replace '
+                           r'it'):
     export()
   assert os.listdir(export_dir) == ['notes.txt']
   assert 'replacing its contents, --overwrite' in export('--overwrite')
   assert not (export_dir / 'notes.txt').exists()
+  assert sorted(os.listdir(base)) == ['0', 'README']
   marker = json.loads((export_dir / 'sact_export.json').read_text())
   assert marker['run_dir'] == os.path.realpath(run)
   assert marker['checkpoint'].startswith(os.path.realpath(run))

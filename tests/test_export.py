@@ -99,11 +99,65 @@ def test_saved_model_cli_runs_the_signature(exported, tmp_path):
       rtol=1e-5, atol=1e-7)
 
 
-def test_plain_resnet_cannot_be_exported(tmp_path):
-  model = models.imagenet_resnet(units=[1, 1, 1, 1], base_channels=1,
-                                 model_type='resnet', num_classes=3)
-  with pytest.raises(ValueError, match='ACT or SACT'):
-    export.export_saved_model(model, os.path.join(tmp_path, 'x'))
+@pytest.fixture(name='plain', scope='module')
+def _plain(tmp_path_factory):
+  """A plain ResNet of the SACT model's layout, exported and reloaded."""
+  model = models.imagenet_resnet(units=[1, 2, 1, 2], base_channels=2,
+                                 model_type='resnet', num_classes=7)
+  model(tf.zeros([1, 32, 32, 3]))
+  export_dir = os.path.join(tmp_path_factory.mktemp('export'), 'plain')
+  export.export_saved_model(model, export_dir, image_size=64)
+  return model, tf.saved_model.load(export_dir)
+
+
+def test_a_plain_resnet_serves_the_same_outputs_as_sact(exported, loaded,
+                                                        plain):
+  model, plain_loaded = plain
+  images = np.random.default_rng(7).integers(0, 255, (2, 50, 70, 3),
+                                             dtype=np.uint8)
+  for name in ('serving_default', 'serve_float', 'serve_encoded'):
+    signature = plain_loaded.signatures[name]
+    sact = loaded.signatures[name]
+    assert signature.structured_input_signature == (
+        sact.structured_input_signature)
+    assert {k: (v.dtype, v.shape.rank)
+            for k, v in signature.structured_outputs.items()} == {
+                k: (v.dtype, v.shape.rank)
+                for k, v in sact.structured_outputs.items()}
+  out = plain_loaded.signatures['serving_default'](images=tf.constant(images))
+  ref, probabilities = reference(model, images)
+  np.testing.assert_allclose(out['probabilities'].numpy(), probabilities,
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(out['flops'].numpy(), ref['flops'].numpy())
+  # An ACT model that never halts early: L + 1 per block, everywhere.
+  total = (1 + 1) + (2 + 1) + (1 + 1) + (2 + 1)
+  np.testing.assert_array_equal(out['ponder_cost'].numpy(), [total, total])
+  # At the first block's resolution, as the SACT model's map.
+  sact_out = loaded.signatures['serving_default'](images=tf.constant(images))
+  assert out['ponder_map'].shape == sact_out['ponder_map'].shape == (2, 13,
+                                                                      18)
+  np.testing.assert_array_equal(out['ponder_map'].numpy(), total)
+  assert out['ponder_map_resized'].shape == (2, 50, 70)
+  np.testing.assert_array_equal(out['ponder_map_resized'].numpy(), total)
+  assert np.all(sact_out['ponder_cost'].numpy() <= total)
+  assert export.read_marker(exported[1])['precision'] == 'float32'
+
+
+@pytest.mark.parametrize('family, sizes', [
+    ('imagenet', [(1, 1), (7, 9), (50, 70), (33, 64)]),
+    ('cifar', [(1, 2), (31, 17)])])
+def test_first_block_size_is_the_ponder_map_size(family, sizes):
+  make = models.imagenet_resnet if family == 'imagenet' else (
+      lambda **kw: models.cifar_resnet(units=[1, 1, 1], **kw))
+  kwargs = dict(model_type='act', base_channels=4)
+  if family == 'imagenet':
+    kwargs['units'] = [1, 1, 1, 1]
+  model = make(**kwargs)
+  for height, width in sizes:
+    out = model(tf.zeros([1, height, width, 3]), training=False)
+    first = viz.block_ponder_maps(out)[0]
+    assert tuple(int(d) for d in export.first_block_size(
+        model, height, width)) == tuple(first.shape[1:3])
 
 
 def _uint8_images(shape, seed=4):

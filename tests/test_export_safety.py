@@ -1,11 +1,15 @@
 """What exports may replace, and the serving checks of encoded bytes.
 
-The folder rules are checked with a stand-in archive (no model to trace);
-`tests/test_experiments_serving.py` runs them through `experiments.export`.
+The folder rules, versions included (`BASE/<version>/`), are checked with a
+stand-in archive (no model to trace), on local folders and TensorFlow's
+in-memory `ram://`; `tests/test_experiments_serving.py` and
+`tests/test_export_versions.py` run them through `experiments.export`.
 """
 
 import io
+import logging
 import os
+import uuid
 
 import numpy as np
 from PIL import features
@@ -14,14 +18,14 @@ import pytest
 import tensorflow as tf
 
 from sact_tf import export
-from sact_tf import fileio
 from sact_tf.detection import config as config_lib
 from sact_tf.detection import export as detection_export
 from sact_tf.detection import training
 
 
 class FakeArchive:
-  """Writes what an `ExportArchive` would, with `content` as the model."""
+  """Writes what an `ExportArchive` would, with `content` as the model
+  (through tf.io.gfile, so `ram://` works too)."""
 
   def __init__(self, content=b'model', fail=False):
     self.content = content
@@ -29,8 +33,8 @@ class FakeArchive:
 
   def write_out(self, path, verbose=False):
     del verbose
-    os.makedirs(os.path.join(path, 'variables'))
-    with open(os.path.join(path, 'saved_model.pb'), 'wb') as f:
+    tf.io.gfile.makedirs(os.path.join(path, 'variables'))
+    with tf.io.gfile.GFile(os.path.join(path, 'saved_model.pb'), 'wb') as f:
       f.write(self.content)
     if self.fail:
       raise RuntimeError('interrupted while writing')
@@ -54,7 +58,8 @@ def _write(path, content=b'x'):
 
 
 def _model(export_dir):
-  with open(os.path.join(export_dir, 'saved_model.pb'), 'rb') as f:
+  with tf.io.gfile.GFile(os.path.join(export_dir, 'saved_model.pb'),
+                         'rb') as f:
     return f.read()
 
 
@@ -198,18 +203,172 @@ def test_an_interrupted_export_keeps_the_old_one(run, tmp_path, monkeypatch):
   assert not _leftovers(tmp_path)
 
   # The swap fails after the old export was moved aside: it comes back.
-  publish = fileio.publish
+  rename = tf.io.gfile.rename
 
-  def fail_to_publish(temp, path, directory=False):
-    if directory:
+  def fail_to_move_in(source, destination, overwrite=False):
+    if (destination == os.path.realpath(target)
+        and not os.path.basename(source).startswith('.export-old-')):
       assert not os.path.exists(target)
       raise OSError('disk went away')
-    return publish(temp, path, directory)
-  monkeypatch.setattr(fileio, 'publish', fail_to_publish)
+    return rename(source, destination, overwrite)
+  monkeypatch.setattr(tf.io.gfile, 'rename', fail_to_move_in)
   with pytest.raises(OSError, match='disk went away'):
     export.write_archive(FakeArchive(b'new'), target, run_dir=run)
   assert _snapshot(target) == before
   assert not _leftovers(tmp_path)
+
+
+# Versions: BASE/<version>/, TF Serving's layout.
+
+
+def test_versions_sit_side_by_side_with_the_rules_per_version(run, tmp_path):
+  base = str(tmp_path / 'serving')
+  seven, action = export.check_version_dir(base, 7, run)
+  assert (seven, action) == (os.path.join(base, '7'), 'new')
+  export.write_archive(FakeArchive(b'seven'), seven, run_dir=run)
+  eight, _ = export.check_version_dir(base, 8, run)
+  export.write_archive(FakeArchive(b'eight'), eight, run_dir=run)
+  # BASE may hold other things: TF Serving only reads numbered folders.
+  _write(os.path.join(base, 'notes.txt'), b'mine')
+  assert sorted(os.listdir(base)) == ['7', '8', 'notes.txt']
+  kept = _snapshot(eight)
+
+  # The same run's version is replaced, named any way.
+  assert export.check_version_dir(base, 7, run + '/') == (seven, 'same_run')
+  export.write_archive(FakeArchive(b'seven again'), seven, run_dir=run)
+  assert _model(seven) == b'seven again'
+  # Another run's needs --overwrite.
+  other = str(tmp_path / 'other_run')
+  with pytest.raises(FileExistsError,
+                     match=r'Version 7 of --export_dir=.*serving \(.*'
+                           r'serving/7\) holds an export of another run '
+                           r'\(.*run\): choose another version '
+                           r'\(--version=N\) or pass --overwrite'):
+    export.check_version_dir(base, 7, other)
+  assert export.check_version_dir(base, 7, other, overwrite=True) == (
+      seven, 'overwrite')
+  export.write_archive(FakeArchive(b'other'), seven, overwrite=True,
+                       run_dir=other)
+  assert export.read_marker(seven)['run_dir'] == os.path.realpath(other)
+  # So does a version folder holding anything else; a file never is one.
+  _write(os.path.join(base, '9', 'holiday.jpg'), b'mine')
+  with pytest.raises(FileExistsError, match=r'serving/9\) is not empty and '
+                                            r'is not an export of this run'):
+    export.check_version_dir(base, 9, run)
+  _write(os.path.join(base, '10'), b'mine')
+  with pytest.raises(FileExistsError, match=r'serving/10\) is a file, not a '
+                                            r'folder'):
+    export.check_version_dir(base, 10, run, overwrite=True)
+  assert _snapshot(eight) == kept
+  assert (tmp_path / 'serving' / 'notes.txt').read_bytes() == b'mine'
+  assert not _leftovers(base)
+
+
+@pytest.mark.parametrize('overwrite', [False, True])
+def test_a_base_is_never_a_run_nor_holds_one(run, tmp_path, overwrite):
+  holder = tmp_path / 'holder'
+  _write(str(holder / 'old_run' / 'ckpt-3.index'))
+  _write(str(tmp_path / 'file'), b'mine')
+  _write(str(tmp_path / 'old_layout' / 'saved_model.pb'), b'theirs')
+  before = _snapshot(tmp_path)
+  for base, message in [
+      (run, 'is the run directory.*even with --overwrite'),
+      (str(tmp_path), 'contains the run directory.*even with --overwrite'),
+      (str(holder), 'looks like a run directory.*even with'),
+      (str(tmp_path / 'file'), r'is a file, not a folder'),
+      (str(tmp_path / 'old_layout'), r'holds a SavedModel itself.*Move that '
+                                     r'model into a version folder \(e\.g\. '
+                                     r'.*old_layout/1\)')]:
+    with pytest.raises(ValueError, match=f'--export_dir={base} {message}'):
+      export.check_version_dir(base, 1, run, overwrite=overwrite)
+    with pytest.raises(ValueError, match=message):
+      export.check_export_base(base, run)
+  # Without its name, the run is still recognised by its files.
+  with pytest.raises(ValueError, match='looks like a run directory'):
+    export.check_version_dir(run, 1, overwrite=overwrite)
+  assert _snapshot(tmp_path) == before
+
+
+def test_versions_are_integers_and_default_to_the_checkpoint_step(tmp_path):
+  assert export.version_dir('gs://bucket/models/', 3) == 'gs://bucket/models/3'
+  assert export.version_dir(str(tmp_path), np.int64(0)) == str(tmp_path / '0')
+  for bad in (-1, 1.5, '2', True, None):
+    with pytest.raises(ValueError, match='non-negative integer'):
+      export.version_dir(str(tmp_path), bad)
+  weights = tf.Variable(1.0)
+  # The step variable (training's checkpoints) wins over the name.
+  prefix = tf.train.Checkpoint(weights=weights, step=tf.Variable(
+      1234, dtype=tf.int64)).write(str(tmp_path / 'a' / 'ckpt-99'))
+  assert export.checkpoint_step(prefix) == 1234
+  prefix = tf.train.Checkpoint(weights=weights).write(
+      str(tmp_path / 'b' / 'model.ckpt-55'))
+  assert export.checkpoint_step(prefix) == 55
+  prefix = tf.train.Checkpoint(weights=weights).write(
+      str(tmp_path / 'c' / 'weights'))
+  with pytest.raises(ValueError, match='global step.*--version=N'):
+    export.checkpoint_step(prefix)
+
+
+def _ram_base(name):
+  return f'ram://{name}_{uuid.uuid4().hex[:8]}'
+
+
+def test_ram_exports_go_through_gfile_and_nothing_local(run, tmp_path,
+                                                       monkeypatch, caplog):
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  base = _ram_base('serving')
+  # TensorFlow's ram:// renames a folder's entry, not its files.
+  assert export.renames_folders(str(tmp_path))
+  assert not export.renames_folders(base)
+  three, action = export.check_version_dir(base, 3, run)
+  assert (three, action) == (base + '/3', 'new')
+  caplog.set_level(logging.WARNING)
+  export.write_archive(FakeArchive(b'first'), three, run_dir=run)
+  assert 'cannot rename folders: writing the export in place' in caplog.text
+  export.write_archive(FakeArchive(b'four'), base + '/4', run_dir=run)
+  assert export.read_marker(three)['run_dir'] == os.path.realpath(run)
+  assert export.check_version_dir(base, 3, run) == (three, 'same_run')
+  export.write_archive(FakeArchive(b'second'), three, run_dir=run)
+  assert _model(three) == b'second'
+  assert sorted(tf.io.gfile.listdir(three)) == [
+      export.MARKER_FILENAME, 'saved_model.pb', 'variables']
+  with pytest.raises(FileExistsError, match='holds an export of another run'):
+    export.check_version_dir(base, 3, str(tmp_path / 'other'))
+  # No probe or temporary folder is left, and nothing was written locally.
+  assert sorted(tf.io.gfile.listdir(base)) == ['3', '4']
+  assert _model(base + '/4') == b'four'
+  assert os.listdir(cwd) == []
+  assert sorted(os.listdir(tmp_path)) == ['cwd', 'run']
+  tf.io.gfile.rmtree(base)
+
+
+def test_without_folder_renames_the_export_is_written_in_place(
+    run, monkeypatch, caplog):
+  base = _ram_base('unimplemented')
+  export.write_archive(FakeArchive(b'old'), base + '/1', run_dir=run)
+
+  def unimplemented(source, destination, overwrite=False):
+    raise tf.errors.UnimplementedError(None, None, 'no folder renames here')
+  monkeypatch.setattr(tf.io.gfile, 'rename', unimplemented)
+  assert not export.renames_folders(base)
+  caplog.set_level(logging.WARNING)
+  export.write_archive(FakeArchive(b'new'), base + '/1', run_dir=run)
+  assert 'cannot rename folders' in caplog.text
+  assert _model(base + '/1') == b'new'
+  assert tf.io.gfile.listdir(base) == ['1']
+  # In place, an interrupted export loses the old one and leaves a folder
+  # without the marker, which only --overwrite replaces.
+  with pytest.raises(RuntimeError, match='interrupted'):
+    export.write_archive(FakeArchive(b'newer', fail=True), base + '/1',
+                         run_dir=run)
+  with pytest.raises(FileExistsError, match='without sact_export.json'):
+    export.check_version_dir(base, 1, run)
+  export.write_archive(FakeArchive(b'newest'), base + '/1', run_dir=run,
+                       overwrite=True)
+  assert _model(base + '/1') == b'newest'
+  tf.io.gfile.rmtree(base)
 
 
 def _encoded(fmt, height=30, width=50, mode='RGB', **kwargs):
@@ -288,14 +447,19 @@ def test_detection_export_checks_its_requests_and_folder(run, tmp_path):
                                         run_dir=run)
   with pytest.raises(ValueError, match='looks like a run directory'):
     detection_export.export_saved_model(model, run, overwrite=True)
-  target = str(tmp_path / 'detector')
-  detection_export.export_saved_model(model, target, min_size=48,
-                                      max_size=80, max_image_size=100,
-                                      run_dir=run)
+  with pytest.raises(ValueError, match='is the run directory'):
+    detection_export.export_versioned(model, run, 1, run_dir=run)
+  base = str(tmp_path / 'detector')
+  target = detection_export.export_versioned(
+      model, base, 5, min_size=48, max_size=80, max_image_size=100,
+      run_dir=run)
+  assert target == os.path.join(base, '5')
+  assert os.listdir(base) == ['5']
   marker = export.read_marker(target)
   assert marker['max_image_size'] == 100
   assert marker['signatures'] == ['serving_default', 'serve_float']
   assert marker['run_dir'] == os.path.realpath(run)
+  assert marker['precision'] == 'float32'
   loaded = tf.saved_model.load(target)
   images = np.random.default_rng(0).integers(0, 256, (1, 30, 60, 3),
                                              dtype=np.uint8)

@@ -21,6 +21,10 @@ unless the long side would exceed `max_size`) and return:
     its blocks, nearest-upsampled to the input image (a plain ResNet's is
     the constant sum of L + 1 over its blocks).
 
+Every float output is float32 whatever the detector's precision (a model
+built under a `mixed_bfloat16` / `mixed_float16` Keras policy computes in 16
+bits; its outputs are cast at the end).
+
 Requests are checked in the graph as `sact_tf.export` checks its pixel
 signatures: RGB; at most `max_image_size` pixels on the longer side
 (default `MAX_IMAGE_SIZE`, 8192: the detector works on the resized image,
@@ -33,7 +37,12 @@ The archive is written like `sact_tf.export`'s (`write_archive`): Keras'
 `sact_export.json` marker; an existing `export_dir` is replaced only if it
 is an earlier export of the same `run_dir` or `overwrite` is set, and a run
 directory never is. `check_export_dir` tells beforehand whether
-`export_saved_model` will accept a folder.
+`export_saved_model` will accept a folder. `export_versioned` writes to
+`BASE/<version>/`, TF Serving's layout (what `experiments.coco
+--export_dir=BASE` does, the version being the checkpoint's step), with the
+folder rules applied to the version folder (`check_version_dir`; BASE
+itself is checked by `check_export_base`). Files go through `tf.io.gfile`
+(local paths, `gs://`, `ram://`).
 """
 
 import keras
@@ -47,6 +56,10 @@ MAX_IMAGE_SIZE = 8192
 # Binaries call it before training or loading, so that a refused
 # --export_dir fails at once.
 check_export_dir = classification_export.check_export_dir
+check_export_base = classification_export.check_export_base
+check_version_dir = classification_export.check_version_dir
+checkpoint_step = classification_export.checkpoint_step
+version_dir = classification_export.version_dir
 
 
 class DetectionServing:
@@ -69,7 +82,7 @@ class DetectionServing:
                              self.max_size)
     resized = tf.image.resize(pixels, size)
     out = self.model(resized / 127.5 - 1.0, training=False)
-    return {
+    return classification_export.float32_outputs({
         'detection_boxes': out['detection_boxes'],
         'detection_classes': out['detection_classes'],
         'detection_scores': out['detection_scores'],
@@ -77,7 +90,7 @@ class DetectionServing:
         'flops': out['flops'],
         'ponder_map': evaluation.total_ponder_map(self.model, out,
                                                   shape[1:3]),
-    }
+    })
 
   def serve(self, images):
     """uint8 `[B, H, W, 3]` -> the outputs listed in the module doc."""
@@ -103,6 +116,9 @@ def export_saved_model(model, export_dir, min_size=600, max_size=1024,
                        max_image_size=MAX_IMAGE_SIZE, overwrite=False,
                        run_dir=None, checkpoint=None, description=None):
   """Writes a serving SavedModel of a built `FasterRCNN` atomically.
+
+  The outputs are float32 whatever the model's dtype policy (cast at the end
+  of the serving functions).
 
   `min_size` / `max_size` are the resizing of the module doc,
   `max_image_size` the longest input side accepted. `overwrite`, `run_dir`,
@@ -139,8 +155,24 @@ def export_saved_model(model, export_dir, min_size=600, max_size=1024,
       'min_size': serving.min_size,
       'max_size': serving.max_size,
       'max_image_size': serving.max_image_size,
+      'precision': classification_export.precision_of(model),
   }
   return classification_export.write_archive(
       archive, export_dir, overwrite=overwrite, run_dir=run_dir,
       checkpoint=checkpoint, description=description or describe(model),
       details=details)
+
+
+def export_versioned(model, base, version, overwrite=False, run_dir=None,
+                     checkpoint=None, **kwargs):
+  """`export_saved_model` into `base/<version>/` (TF Serving's layout).
+
+  `base` must pass `check_export_base` (not a file, a run directory or a
+  folder holding one); the version folder is replaced only if it is empty,
+  an earlier export of `run_dir`, or `overwrite` is set. Other versions in
+  `base` are left alone. `kwargs` are `export_saved_model`'s (min_size,
+  max_size, max_image_size, description). Returns the version folder.
+  """
+  path, _ = check_version_dir(base, version, run_dir, checkpoint, overwrite)
+  return export_saved_model(model, path, overwrite=overwrite,
+                            run_dir=run_dir, checkpoint=checkpoint, **kwargs)
