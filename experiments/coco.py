@@ -19,7 +19,9 @@ Modes: train, eval (the latest checkpoint of --model_dir), train_and_eval.
 Evaluation prints COCO AP and the feature extractor's FLOPs (absolute,
 relative to the same network evaluating every unit and to ResNet-101
 blocks 1-3), and writes them to <model_dir>/eval_<split>.json and
-TensorBoard. --export_dir also writes a serving SavedModel.
+TensorBoard. --export_dir=BASE also writes a serving SavedModel of the
+latest checkpoint to BASE/<step>/, the layout TF Serving reads (other
+versions in BASE are left alone).
 """
 
 from absl import app
@@ -121,12 +123,15 @@ flags.DEFINE_integer('summary_every', _run.summary_every, 'Steps between '
 flags.DEFINE_integer('seed', 0, 'Seed of the data order, augmentation and '
                      'sampling.', **_fv)
 flags.DEFINE_string('export_dir', None, 'After training / evaluation, write '
-                    'a serving SavedModel of the latest checkpoint here.',
-                    **_fv)
+                    'a serving SavedModel of the latest checkpoint to '
+                    '<export_dir>/<its step>/ (TF Serving\'s base path; other '
+                    'versions are left alone). A local path or a '
+                    'tf.io.gfile URL (gs://...).', **_fv)
 flags.DEFINE_boolean('overwrite', False, 'Let --export_dir replace a '
-                     'non-empty folder that is not an earlier export of '
-                     'this run (never the run directory itself).', **_fv)
+                     'non-empty version folder that is not an earlier export '
+                     'of this run (never the run directory itself).', **_fv)
 common.define_run_flags(FLAGS)
+common.define_scale_flags(FLAGS)
 common.define_profile_flag(FLAGS)
 common.define_settings_flag(FLAGS, config_lib.DetectionConfig)
 
@@ -179,6 +184,9 @@ FLAG_FIELDS = {
     'summary_every': 'run.summary_every',
     'seed': 'run.seed',
     'finetune_from': 'run.finetune_from',
+    'precision': 'run.precision',
+    'sync_batch_norm': 'run.sync_batch_norm',
+    'steps_per_loop': 'run.steps_per_loop',
 }
 # Flags whose text is converted before it is a field's value.
 _CONVERSIONS = {
@@ -231,10 +239,10 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   if FLAGS.export_dir:
-    # A folder the export may not write is refused before any training.
+    # A folder the export may not write is refused before any training
+    # (the version folder, named after the step, is checked at the end).
     try:
-      export.check_export_dir(
-          FLAGS.export_dir, config.run.model_dir, overwrite=FLAGS.overwrite)
+      export.check_export_base(FLAGS.export_dir, config.run.model_dir)
     except ValueError as e:
       raise app.UsageError(str(e)) from e
   strategy = distribution.make_strategy(FLAGS.strategy, FLAGS.tpu)
@@ -249,17 +257,20 @@ def main(argv):
   if not distribution.is_chief(strategy):
     return summary
   if FLAGS.mode in ('eval', 'train_and_eval'):
-    summary = evaluation.evaluate(config)
+    summary = evaluation.evaluate(
+        config, strategy=distribution.evaluation_strategy(strategy))
     print(evaluation.format_table(summary), flush=True)
     print(f'Results: {summary["path"]}\nDetections: '
           f'{summary["detections_path"]}', flush=True)
   if FLAGS.export_dir:
     model = config.build_model()
     prefix = training.restore_model(model, config.run.model_dir)
-    export.export_saved_model(model, FLAGS.export_dir, config.data.min_size,
-                              config.data.max_size, overwrite=FLAGS.overwrite,
-                              run_dir=config.run.model_dir, checkpoint=prefix)
-    print(f'Exported to {FLAGS.export_dir}', flush=True)
+    version = export.checkpoint_step(prefix)
+    path = export.export_versioned(
+        model, FLAGS.export_dir, version, min_size=config.data.min_size,
+        max_size=config.data.max_size, overwrite=FLAGS.overwrite,
+        run_dir=config.run.model_dir, checkpoint=prefix)
+    print(f'Exported version {version} to {path}', flush=True)
   return summary
 
 

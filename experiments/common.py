@@ -23,6 +23,7 @@ from experiments import startup
 from sact_tf import architectures
 from sact_tf import data
 from sact_tf import losses
+from sact_tf import precision
 from sact_tf import train
 from sact_tf.train import config as config_lib
 from sact_tf.train import distribution
@@ -137,6 +138,7 @@ def define_flags(binary, flag_values):
                     **fv)
   flags.DEFINE_string('tpu', None, 'TPU name or address (--strategy=tpu).',
                       **fv)
+  define_scale_flags(flag_values)
   flags.DEFINE_string('finetune_from', None, 'Checkpoint (directory or '
                       'prefix) of a plain ResNet to start from: every weight '
                       'but the halting heads (two-stage training).', **fv)
@@ -191,6 +193,25 @@ def define_settings_flag(flag_values, config_class):
                             flag_values=flag_values)
   _validator(flag_values, ['set'],
              lambda v: config_lib.parse_settings(config_class, v['set']))
+
+
+def define_scale_flags(flag_values):
+  """--precision, --sync_batch_norm and --steps_per_loop (both tasks)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_enum('precision', 'float32', precision.PRECISIONS,
+                    'Keras dtype policy of the model: mixed_bfloat16 (TPU, '
+                    'recent GPUs and CPUs) or mixed_float16 (GPU; the loss '
+                    'is scaled) compute in 16 bits with float32 weights; the '
+                    'halting bookkeeping, FLOPs and losses stay float32.',
+                    **fv)
+  flags.DEFINE_boolean('sync_batch_norm', False, 'Batch norm statistics '
+                       'over the examples of all replicas (synchronised), '
+                       'not each replica\'s own; plain ResNets only '
+                       '(--model_type=resnet).', **fv)
+  flags.DEFINE_integer('steps_per_loop', 1, 'Training steps per tf.function '
+                       'call: the host checks the loss and collects metrics '
+                       'once per loop (same results as 1).', lower_bound=1,
+                       **fv)
 
 
 def flagged_fields(fv, flag_fields):
@@ -300,6 +321,9 @@ FLAG_FIELDS = {
     'keep_checkpoints': 'run.keep_checkpoints',
     'summary_every': 'run.summary_every',
     'seed': 'run.seed',
+    'precision': 'run.precision',
+    'sync_batch_norm': 'run.sync_batch_norm',
+    'steps_per_loop': 'run.steps_per_loop',
 }
 # Flags whose value is their field's as it is; flags_to_config reads the
 # others (and derives what they leave open) by the binary's recipe.
@@ -307,7 +331,8 @@ _AS_IS = ('model_type', 'base_channels', 'tau', 'weight_decay',
           'label_smoothing', 'learning_rate', 'dataset', 'data_dir',
           'download', 'image_size', 'batch_size', 'eval_batch_size',
           'eval_examples', 'model_dir', 'checkpoint_every',
-          'keep_checkpoints', 'summary_every', 'seed')
+          'keep_checkpoints', 'summary_every', 'seed', 'precision',
+          'sync_batch_norm', 'steps_per_loop')
 # Fields given along with a field: a dataset brings its classes (and its
 # data directory), a training size the evaluation sizes.
 _IMPLIED = {

@@ -319,7 +319,33 @@ def test_plain_resnet_writes_no_ponder_images(tmp_path):
         ('ponder_map', 'ponder_cost_per_position'))], (run, tags)
 
 
-def test_shared_loop_windows_checkpoints_and_divergence(tmp_path):
+def _host_loop(step, values_of_step):
+  """A stand-in for `steps.distributed_step`: n steps on the host, the
+  values of each from `values_of_step(iterator)`."""
+
+  def train_loop(iterator, n):
+    rows = []
+    for _ in range(int(n)):
+      rows.append(values_of_step(iterator))
+      step.assign_add(1)
+    return {k: tf.constant([float(r[k]) for r in rows]) for k in rows[0]}
+
+  return train_loop
+
+
+def test_loop_lengths_end_at_summaries_and_checkpoints():
+  assert list(steps_lib.loop_lengths(0, 5, 1, 2, 3)) == [
+      (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
+  assert list(steps_lib.loop_lengths(0, 10, 4, 5, 3)) == [
+      (1, 3), (4, 5), (6, 6), (7, 9), (10, 10)]
+  assert list(steps_lib.loop_lengths(4, 20, 8, 10, 10)) == [
+      (5, 10), (11, 18), (19, 20)]
+  assert not list(steps_lib.loop_lengths(5, 5, 2, 1))
+
+
+@pytest.mark.parametrize('steps_per_loop', [1, 3])
+def test_shared_loop_windows_checkpoints_and_divergence(tmp_path,
+                                                        steps_per_loop):
   # sact_tf.train.steps runs both classification and detection training.
   model = keras.Sequential([keras.layers.Dense(1, name='dense')])
   model.build((None, 2))
@@ -327,15 +353,17 @@ def test_shared_loop_windows_checkpoints_and_divergence(tmp_path):
   config = types.SimpleNamespace(
       optimizer=types.SimpleNamespace(train_steps=5),
       run=types.SimpleNamespace(model_dir=str(tmp_path), summary_every=2,
-                                checkpoint_every=3, keep_checkpoints=5))
+                                checkpoint_every=3, keep_checkpoints=5,
+                                steps_per_loop=steps_per_loop))
   manager, _, latest = steps_lib.restore_or_initialise(
       model, optimizer, step, config, tf.distribute.get_strategy())
   assert latest is None
   seen = []
   path, metrics = steps_lib.run(
-      lambda iterator: {'loss': next(iterator), 'dropped': 1.0},
+      _host_loop(step, lambda iterator: {'loss': next(iterator),
+                                         'dropped': 1.0}),
       iter([1.0, 3.0, 5.0, 7.0, 9.0]), 0, config, model=model,
-      optimizer=optimizer, step=step, manager=manager,
+      optimizer=optimizer, manager=manager,
       writer=tf.summary.create_noop_writer(),
       window=steps_lib.MetricsWindow(['loss'], totals={'dropped': 2}),
       examples_per_step=4, rate_key='rate',
@@ -352,9 +380,9 @@ def test_shared_loop_windows_checkpoints_and_divergence(tmp_path):
   assert path == manager.latest_checkpoint
   assert steps_lib.already_trained(5, config.optimizer.train_steps)
 
-  def run_one(train_step, start):
-    steps_lib.run(train_step, None, start, config, model=model,
-                  optimizer=optimizer, step=step, manager=manager,
+  def run_one(values_of_step, start):
+    steps_lib.run(_host_loop(step, values_of_step), None, start, config,
+                  model=model, optimizer=optimizer, manager=manager,
                   writer=tf.summary.create_noop_writer(),
                   window=steps_lib.MetricsWindow(['loss']),
                   examples_per_step=1, rate_key='rate',
@@ -364,6 +392,7 @@ def test_shared_loop_windows_checkpoints_and_divergence(tmp_path):
   with pytest.raises(steps_lib.TrainingDivergedError,
                      match='loss is nan at step 6'):
     run_one(lambda iterator: {'loss': float('nan')}, 5)
+  step.assign(6)
   model.variables[0].assign(np.full([2, 1], np.inf, np.float32))
   config.run.checkpoint_every = 1
   with pytest.raises(steps_lib.TrainingDivergedError, match='by step 7'):

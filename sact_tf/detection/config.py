@@ -223,9 +223,12 @@ class DetectionConfig(train_config.Config):
 
   def build_model(self, image_size=None, **overrides):
     """The config's `FasterRCNN`, built (any image size: `image_size` is
-    not used)."""
+    not used), in `run.precision` unless `overrides` has `dtype`."""
     del image_size
     from sact_tf.detection import training  # pylint: disable=g-import-not-at-top
+    overrides = dict(dict(dtype=self.run.precision,
+                          sync_batch_norm=self.run.sync_batch_norm),
+                     **overrides)
     return training.build_model(self.model, self.loss, **overrides)
 
 

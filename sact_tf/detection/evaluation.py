@@ -28,9 +28,9 @@ the stem, which no model type skips: small models' 64-channel stem can
 outweigh their blocks); flops_resnet101_mean and flops_resnet101_ratio_mean
 / _std (relative to plain ResNet-101 blocks 1-3 on the same images: the
 paper's column); ponder_cost_mean / _std (ACT/SACT); blocks (name, units,
-units_mean, units_std, ponder_cost_mean); seconds. The returned summary
-also holds `path` and `detections_path`, the files written (None without
-`write`).
+units_mean, units_std, ponder_cost_mean); replicas (that evaluated it);
+seconds. The returned summary also holds `path` and `detections_path`, the
+files written (None without `write`).
 
 Progress (examples done, rate, ETA) is reported through `sact_tf.progress`.
 With `write`, the record's main numbers (`hparams.EVAL_METRICS`) also go to
@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from sact_tf import architectures
+from sact_tf import fileio
 from sact_tf import progress as progress_lib
 from sact_tf import viz
 from sact_tf.detection import coco_eval
@@ -152,8 +153,50 @@ def _mean_std(values):
   return train_evaluation.mean_std(values, finite_only=False)
 
 
-def evaluate(config, checkpoint=None, write=True):
+def _one_image_per_replica(detect, strategy):
+  """`detect` over the replicas of `strategy`, one image each.
+
+  Returns `run(images)`: for a list of up to `num_replicas_in_sync` images
+  `[1, H, W, 3]` (each its own size), the list of `detect`'s outputs, image
+  i on replica i (a short list is padded with its last image, whose
+  duplicate results are dropped).
+  """
+  replicas = strategy.num_replicas_in_sync
+
+  def run(images):
+    padded = list(images) + [images[-1]] * (replicas - len(images))
+    inputs = strategy.experimental_distribute_values_from_function(
+        lambda context: padded[context.replica_id_in_sync_group])
+    # `detect` is a tf.function of any image size: each replica calls it on
+    # its own device. (Given the tf.function itself, the strategy would
+    # trace it once for all replicas, whose images differ in size.)
+    outputs = strategy.run(lambda image: detect(image), args=(inputs,))
+    local = {k: strategy.experimental_local_results(v)
+             for k, v in outputs.items()}
+    return [{k: v[i] for k, v in local.items()} for i in range(len(images))]
+
+  return run
+
+
+def _groups(iterable, size):
+  """Lists of `size` consecutive items of `iterable` (the last may be
+  shorter)."""
+  group = []
+  for item in iterable:
+    group.append(item)
+    if len(group) == size:
+      yield group
+      group = []
+  if group:
+    yield group
+
+
+def evaluate(config, checkpoint=None, write=True, strategy=None):
   """Evaluates a checkpoint of the config's detector.
+
+  Under a `strategy` of several replicas each replica detects one image at
+  a time (the numbers are those of one device); the record notes the
+  replica count.
 
   Args:
     config: the run's `DetectionConfig`.
@@ -180,7 +223,10 @@ def evaluate(config, checkpoint=None, write=True):
   saved = config_lib.load(config.run.model_dir)
   config_lib.check_same_model(config, saved, config.run.model_dir)
   overrides = train_evaluation.settings_overrides(saved, config, EVAL_FIELDS)
-  model = config.build_model()
+  strategy = strategy or tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  with strategy.scope():
+    model = config.build_model()
   training.restore_model(model, prefix)
   step = train_evaluation.checkpoint_step(prefix)
   first_block = model.feature_blocks[0].name
@@ -221,8 +267,14 @@ def evaluate(config, checkpoint=None, write=True):
           config.data.eval_examples,
           train_evaluation.split_size(builder, spec.eval_split)),
       unit='image')
-  for index, example in enumerate(images):
-    out = detect(example['image'])
+  if replicas > 1:
+    run = _one_image_per_replica(detect, strategy)
+    results = ((example, out) for group in _groups(images, replicas)
+               for example, out in zip(
+                   group, run([e['image'] for e in group])))
+  else:
+    results = ((example, detect(example['image'])) for example in images)
+  for index, (example, out) in enumerate(results):
     count = int(out['num_detections'][0])
     evaluator.add_image(
         example['image_id'], example['height'], example['width'],
@@ -284,11 +336,12 @@ def evaluate(config, checkpoint=None, write=True):
   summary.update(
       blocks=blocks, dataset=config.data.dataset, split=spec.eval_split,
       num_images=evaluator.num_images, step=step,
-      checkpoint=os.path.abspath(prefix), latest_checkpoint=latest,
+      checkpoint=fileio.absolute(prefix), latest_checkpoint=latest,
       eval_examples=config.data.eval_examples if partial else 0,
       partial=partial, overrides=overrides, model=config.model.to_dict(),
       tau=config.loss.tau, eps=config.model.eps,
       min_size=config.data.min_size, max_size=config.data.max_size,
+      replicas=replicas,
       seconds=time.time() - started)
   path = detections = None
   if write:

@@ -124,38 +124,41 @@ class FasterRCNN(keras.Model):
     self.config = config
     self.loss_config = loss_config
     c = config
-    # Only the stem and blocks 1-3 of this ResNet are used (and built).
-    self.backbone = resnet.imagenet_resnet(
-        units=c.units, model_type=c.model_type, num_classes=1,
-        base_channels=c.base_channels, halting_bias_init=c.halting_bias_init,
-        eps=c.eps, weight_decay=loss_config.weight_decay, sparse=c.sparse,
-        dense_fraction=c.dense_fraction)
-    depth, bottleneck, _ = architectures.imagenet_block(3, c.base_channels)
-    self.box_block = blocks_lib.ResNetBlock(
-        [units_lib.BottleneckUnit(depth, bottleneck, 1,
-                                  weight_decay=loss_config.weight_decay,
-                                  name=f'unit_{u + 1}')
-         for u in range(c.units[3])], name='block4')
-    self.postnorm = common.batch_norm('postnorm', 0.997, 1e-5)
-    if c.freeze_batch_norm:
-      for layer in (_batch_norm_layers(self.backbone)
-                    + _batch_norm_layers(self.box_block) + [self.postnorm]):
-        layer.trainable = False
-    # The RPN's own normalisation of the block-3 output always learns: it is
-    # new, and its statistics over one image's positions are well defined.
-    self.rpn_norm = keras.layers.BatchNormalization(
-        momentum=0.99, epsilon=1e-5, name='rpn_norm')
-    small = lambda: keras.initializers.TruncatedNormal(stddev=0.01)
-    self.rpn_conv = keras.layers.Conv2D(
-        c.rpn_depth, 3, padding='same', activation='relu',
-        kernel_initializer=small(), name='rpn_conv')
-    self.rpn_objectness = keras.layers.Conv2D(
-        c.num_anchors, 1, kernel_initializer=small(), name='rpn_objectness')
-    self.rpn_box = keras.layers.Conv2D(
-        4 * c.num_anchors, 1, kernel_initializer=small(), name='rpn_box')
-    self.class_logits = keras.layers.Dense(c.num_classes + 1,
-                                           name='class_logits')
-    self.box_codes = keras.layers.Dense(4 * c.num_classes, name='box_codes')
+    # The layers take the model's dtype policy (`dtype=`, default the
+    # global one); outputs, boxes and losses are float32 (`_float`).
+    with resnet.model_policy(self.dtype_policy):
+      # Only the stem and blocks 1-3 of this ResNet are used (and built).
+      self.backbone = resnet.imagenet_resnet(
+          units=c.units, model_type=c.model_type, num_classes=1,
+          base_channels=c.base_channels, halting_bias_init=c.halting_bias_init,
+          eps=c.eps, weight_decay=loss_config.weight_decay, sparse=c.sparse,
+          dense_fraction=c.dense_fraction)
+      depth, bottleneck, _ = architectures.imagenet_block(3, c.base_channels)
+      self.box_block = blocks_lib.ResNetBlock(
+          [units_lib.BottleneckUnit(depth, bottleneck, 1,
+                                    weight_decay=loss_config.weight_decay,
+                                    name=f'unit_{u + 1}')
+           for u in range(c.units[3])], name='block4')
+      self.postnorm = common.batch_norm('postnorm', 0.997, 1e-5)
+      if c.freeze_batch_norm:
+        for layer in (_batch_norm_layers(self.backbone)
+                      + _batch_norm_layers(self.box_block) + [self.postnorm]):
+          layer.trainable = False
+      # The RPN's own normalisation of the block-3 output always learns: it is
+      # new, and its statistics over one image's positions are well defined.
+      self.rpn_norm = keras.layers.BatchNormalization(
+          momentum=0.99, epsilon=1e-5, name='rpn_norm')
+      small = lambda: keras.initializers.TruncatedNormal(stddev=0.01)
+      self.rpn_conv = keras.layers.Conv2D(
+          c.rpn_depth, 3, padding='same', activation='relu',
+          kernel_initializer=small(), name='rpn_conv')
+      self.rpn_objectness = keras.layers.Conv2D(
+          c.num_anchors, 1, kernel_initializer=small(), name='rpn_objectness')
+      self.rpn_box = keras.layers.Conv2D(
+          4 * c.num_anchors, 1, kernel_initializer=small(), name='rpn_box')
+      self.class_logits = keras.layers.Dense(c.num_classes + 1,
+                                             name='class_logits')
+      self.box_codes = keras.layers.Dense(4 * c.num_classes, name='box_codes')
 
   @property
   def feature_blocks(self):
@@ -215,8 +218,8 @@ class FasterRCNN(keras.Model):
     x = tf.nn.relu(self.rpn_norm(features, training=training))
     x = self.rpn_conv(x)
     batch = tf.shape(features)[0]
-    return (tf.reshape(self.rpn_objectness(x), [batch, -1]),
-            tf.reshape(self.rpn_box(x), [batch, -1, 4]))
+    return (tf.reshape(_float(self.rpn_objectness(x)), [batch, -1]),
+            tf.reshape(_float(self.rpn_box(x)), [batch, -1, 4]))
 
   def anchors(self, features, image_height, image_width):
     """(anchors `[N, 4]` clipped to the image, in pixels; valid bool `[N]`)."""
@@ -258,13 +261,16 @@ class FasterRCNN(keras.Model):
       (class logits `[K, num_classes + 1]`, column 0 background; box codes
       `[K, num_classes, 4]`).
     """
-    crops = roi.crop_features(features, tf.stop_gradient(boxes), box_indices,
-                              FEATURE_STRIDE, self.config.crop_size)
+    # crop_and_resize takes float32 features (the box block casts back).
+    crops = roi.crop_features(_float(features), tf.stop_gradient(boxes),
+                              box_indices, FEATURE_STRIDE,
+                              self.config.crop_size)
     x = self.box_block(crops, training=training)['output']
     x = tf.nn.relu(self.postnorm(x, training=training))
     x = tf.reduce_mean(x, axis=[1, 2])
-    codes = tf.reshape(self.box_codes(x), [-1, self.config.num_classes, 4])
-    return self.class_logits(x), codes
+    codes = tf.reshape(_float(self.box_codes(x)),
+                       [-1, self.config.num_classes, 4])
+    return _float(self.class_logits(x)), codes
 
   # Inference.
 
@@ -408,8 +414,15 @@ class FasterRCNN(keras.Model):
     }
 
   def get_config(self):
-    return {'config': self.config.to_dict(),
-            'loss_config': self.loss_config.to_dict(), 'name': self.name}
+    # The base config holds the name, `trainable` and the dtype policy.
+    return keras.layers.Layer.get_config(self) | {
+        'config': self.config.to_dict(),
+        'loss_config': self.loss_config.to_dict()}
+
+
+def _float(x):
+  """`x` as float32 (the detector's outputs under a mixed policy)."""
+  return tf.cast(x, tf.float32)
 
 
 def _check_images(images):

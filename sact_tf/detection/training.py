@@ -17,6 +17,7 @@ import tensorflow as tf
 from sact_tf.detection import config as config_lib
 from sact_tf.detection import data
 from sact_tf.detection import model as model_lib
+from sact_tf.layers import common as common_layers
 from sact_tf.train import checkpointing
 from sact_tf.train import steps
 
@@ -30,13 +31,17 @@ _METRICS = ('loss', 'rpn_objectness', 'rpn_localization',
             'positive_anchors', 'foreground_proposals')
 
 
-def build_model(model_config, loss_config=None, **overrides):
+def build_model(model_config, loss_config=None, dtype=None,
+                sync_batch_norm=False, **overrides):
   """A built `FasterRCNN` of `model_config` (with `overrides` of its fields,
   e.g. sparse=False) and `loss_config` (tau, weight decay; default: the
-  paper's), variables created. `DetectionConfig.build_model` calls it."""
+  paper's), variables created; `dtype` its Keras dtype policy (default the
+  global one), `sync_batch_norm` synchronises the backbone's batch norms
+  across replicas. `DetectionConfig.build_model` calls it."""
   if overrides:
     model_config = dataclasses.replace(model_config, **overrides)
-  model = model_lib.FasterRCNN(model_config, loss_config)
+  with common_layers.batch_norm_synchronized(sync_batch_norm):
+    model = model_lib.FasterRCNN(model_config, loss_config, dtype=dtype)
   # A known input shape also gives Keras' default serving signature one.
   model.build((None, None, None, 3))
   return model
@@ -102,7 +107,7 @@ def init_from_imagenet(model, path):
   return summary
 
 
-def _make_train_step(model, optimizer, config, strategy, step):
+def _step_fn(model, optimizer, config, strategy, step):
   replicas = strategy.num_replicas_in_sync
 
   def step_fn(example):
@@ -114,18 +119,15 @@ def _make_train_step(model, optimizer, config, strategy, step):
       values = model.losses_and_metrics(example['image'], example['boxes'],
                                         example['classes'], seed)
       # Gradients are summed over replicas: each brings 1 / replicas.
-      scaled = values['loss'] / replicas
+      # Scaled up in mixed_float16 (the optimizer unscales the gradients).
+      scaled = optimizer.scale_loss(values['loss'] / replicas)
     variables = model.trainable_variables
     gradients = tape.gradient(scaled, variables)
-    clip = config.optimizer.clip_gradient_norm
-    if clip:
-      gradients, _ = tf.clip_by_global_norm(gradients, clip)
     optimizer.apply_gradients(zip(gradients, variables))
     values['dropped_boxes'] = tf.cast(example['dropped_boxes'], tf.float32)
     return values
 
-  return steps.distributed_step(step_fn, strategy,
-                                tf.distribute.ReduceOp.MEAN)
+  return step_fn
 
 
 def check_dataset(config, spec):
@@ -197,8 +199,10 @@ class DetectionTask(steps.Task):
         flip=config.data.flip, start_step=start, seed=config.run.seed,
         input_context=input_context)
 
-  def make_step(self, model, optimizer, config, strategy, step):
-    return _make_train_step(model, optimizer, config, strategy, step)
+  reduce_op = tf.distribute.ReduceOp.MEAN
+
+  def step_fn(self, model, optimizer, config, strategy, step):
+    return _step_fn(model, optimizer, config, strategy, step)
 
   def window(self, strategy):
     return steps.MetricsWindow(

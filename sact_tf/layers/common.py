@@ -1,6 +1,7 @@
 """Small building blocks shared by units, heads and models."""
 
 import contextlib
+import threading
 
 import keras
 import tensorflow as tf
@@ -38,9 +39,26 @@ def conv(filters, kernel_size, name, strides=1, use_bias=True,
       name=name, dtype=dtype)
 
 
+_SYNC = threading.local()
+
+
+@contextlib.contextmanager
+def batch_norm_synchronized(synchronized=True):
+  """Within this scope (this thread), `batch_norm` layers made are
+  synchronised: under a `tf.distribute` strategy their training statistics
+  are over all replicas' examples. Saved in the layers' configs."""
+  old = getattr(_SYNC, 'value', False)
+  _SYNC.value = bool(synchronized)
+  try:
+    yield
+  finally:
+    _SYNC.value = old
+
+
 def batch_norm(name, momentum, epsilon, dtype=None):
   return keras.layers.BatchNormalization(
-      momentum=momentum, epsilon=epsilon, name=name, dtype=dtype)
+      momentum=momentum, epsilon=epsilon, name=name, dtype=dtype,
+      synchronized=getattr(_SYNC, 'value', False))
 
 
 def fixed_padding(x, kernel_size):

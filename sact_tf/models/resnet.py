@@ -38,7 +38,7 @@ _EMPTY_IMAGES = ('images must have height and width >= 1 and at least one '
 
 
 @contextlib.contextmanager
-def _global_policy(policy):
+def model_policy(policy):
   """Layers created within take `policy` (Keras layers take the global
   policy when created, not their model's)."""
   previous = keras.mixed_precision.global_policy()
@@ -127,7 +127,7 @@ class ResNet(keras.Model):
     self.dense_fraction = sparse_lib.validate_dense_fraction(dense_fraction)
     # The layers take the model's dtype policy (`dtype=`, default the global
     # one).
-    with _global_policy(self.dtype_policy):
+    with model_policy(self.dtype_policy):
       if family == 'imagenet':
         self._build_imagenet()
       else:

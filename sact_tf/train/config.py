@@ -38,8 +38,10 @@ from sact_tf import architectures
 from sact_tf import fileio
 from sact_tf import halting
 from sact_tf import losses
+from sact_tf import precision as precision_lib
 from sact_tf.data import datasets
 from sact_tf.data import pipelines
+from sact_tf.layers import common as common_layers
 from sact_tf.models import resnet
 
 CONFIG_FILENAME = 'config.json'
@@ -305,6 +307,16 @@ class RunConfig(Section):
     keep_checkpoints: how many checkpoints to keep.
     summary_every: steps between training summaries and log lines.
     seed: seed of the initial weights, data order and augmentation.
+    precision: the model's Keras dtype policy, 'float32', 'mixed_bfloat16'
+      or 'mixed_float16' (`sact_tf.precision`; float16 training scales the
+      loss).
+    sync_batch_norm: batch norm statistics over all replicas' examples
+      (Keras' synchronised batch norm) instead of each replica's own; plain
+      ResNets only (ACT/SACT units run inside a `tf.while_loop`, where a
+      replica cannot synchronise).
+    steps_per_loop: training steps per `tf.function` call; the host
+      synchronises (NaN check, metrics, summaries) once per loop.
+    replicas: replicas the run trained with (recorded by training).
     history: the settings changed when the run was resumed, oldest first:
       [{'step', 'time', 'changed': {'section.field': [old, new]}}] (see
       `resume_config`).
@@ -315,11 +327,17 @@ class RunConfig(Section):
   keep_checkpoints: int = 3
   summary_every: int = 100
   seed: int = 0
+  precision: str = 'float32'
+  sync_batch_norm: bool = False
+  steps_per_loop: int = 1
+  replicas: int = 1
   history: List[dict] = dataclasses.field(default_factory=list)
 
   def validate(self):
-    for name in ('checkpoint_every', 'keep_checkpoints', 'summary_every'):
+    for name in ('checkpoint_every', 'keep_checkpoints', 'summary_every',
+                 'steps_per_loop', 'replicas'):
       check_positive_int(name, getattr(self, name))
+    precision_lib.validate(self.precision)
 
 
 @dataclasses.dataclass
@@ -381,6 +399,15 @@ class Config:
     """Raises ValueError naming the first bad field and how to fix it."""
     for name in SECTIONS:
       getattr(self, name).validate()
+    if self.run.sync_batch_norm and self.model.model_type != 'resnet':
+      # Keras' synchronised batch norm all-reduces in each call, which
+      # MirroredStrategy cannot do inside the halting loop's tf.while_loop.
+      raise ValueError(
+          f'run.sync_batch_norm (--sync_batch_norm) needs a plain ResNet '
+          f'(model_type resnet), not {self.model.model_type}: the units of '
+          'ACT/SACT blocks run inside a tf.while_loop, where a replica '
+          'cannot synchronise. Train the plain network with it and '
+          'fine-tune ACT/SACT without (--finetune_from).')
 
   @classmethod
   def section_classes(cls):
@@ -491,10 +518,15 @@ class ExperimentConfig(Config):
   def build_model(self, image_size=None, **overrides):
     """The config's `sact_tf.models.resnet.ResNet` (`model_kwargs` with
     `overrides`), built by a call on zeros of `image_size` (default: the
-    training size)."""
-    model = resnet.ResNet(**dict(self.model_kwargs(), **overrides))
-    size = image_size or self.data.image_size
-    model(tf.zeros([1, size, size, 3]), training=False)
+    training size). The model's dtype policy is `run.precision` unless
+    `overrides` has `dtype`; with `run.sync_batch_norm` its batch norms
+    are synchronised across replicas."""
+    kwargs = dict(self.model_kwargs(), dtype=self.run.precision)
+    kwargs.update(overrides)
+    with common_layers.batch_norm_synchronized(self.run.sync_batch_norm):
+      model = resnet.ResNet(**kwargs)
+      size = image_size or self.data.image_size
+      model(tf.zeros([1, size, size, 3]), training=False)
     return model
 
   def model_kwargs(self):
@@ -729,16 +761,23 @@ def write_json(path, value):
   """Writes `value` as JSON to `path` atomically (temp file + rename).
 
   A reader sees the old file or the new one, never a partial one, even if
-  the process dies mid-write.
+  the process dies mid-write. `path` may be on any `tf.io.gfile`
+  filesystem (`gs://...`; see `sact_tf.fileio` for those that cannot
+  rename).
   """
   text = json.dumps(value, indent=2, sort_keys=True) + '\n'
   fileio.write_bytes(path, text.encode('utf-8'))
 
 
 def read_json(path):
+  """The JSON value in file `path` (local or any `tf.io.gfile` path).
+
+  Raises:
+    FileNotFoundError: there is no such file.
+    ValueError: it is not valid JSON (the message names the file).
+  """
   try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return json.loads(fileio.read_text(path))
   except FileNotFoundError:
     raise FileNotFoundError(f'No such file: {path}') from None
   except json.JSONDecodeError as e:
@@ -762,7 +801,7 @@ def load(model_dir, config_class=ExperimentConfig):
       and the field).
   """
   path = os.path.join(model_dir, CONFIG_FILENAME)
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return None
   try:
     return config_class.from_saved(read_json(path))
@@ -803,13 +842,13 @@ FREE_ON_RESUME = ('data.data_dir', 'data.download', 'data.eval_batch_size',
                   'data.eval_examples', 'data.eval_image_sizes',
                   'run.summary_images', 'run.model_dir', 'run.summary_every',
                   'run.checkpoint_every', 'run.keep_checkpoints',
-                  'run.history')
+                  'run.steps_per_loop', 'run.history')
 
 
 # Fields that may change on resume without `allow_changed`, recorded in the
 # history: a longer (or shorter) run is what restarting with a new
 # --train_steps asks for, and the learning-rate drops stay where they were.
-RECORDED_ON_RESUME = ('optimizer.train_steps',)
+RECORDED_ON_RESUME = ('optimizer.train_steps', 'run.replicas')
 
 # Fields that say how a new run is initialised.
 INIT_FIELDS = ('run.init_checkpoint', 'run.init_mode', 'run.init_model',

@@ -7,6 +7,8 @@ import tensorflow as tf
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
 
+_MIRRORED = {}  # {device names: the process's MirroredStrategy over them}
+
 
 def _check(name):
   if name not in STRATEGIES:
@@ -24,10 +26,33 @@ def _tf_config():
     raise ValueError(f'TF_CONFIG is not valid JSON: {e}') from e
 
 
+def _logical_cpus():
+  """Logical CPU devices configured on the first CPU (0 if not split).
+
+  Reading the configuration does not initialise the runtime.
+  """
+  cpus = tf.config.list_physical_devices('CPU')
+  if not cpus:
+    return 0
+  return len(tf.config.get_logical_device_configuration(cpus[0]) or ())
+
+
 def _local_devices():
   # Listing physical devices does not initialise the runtime, so this is safe
   # before a MultiWorkerMirroredStrategy is created.
   return max(1, len(tf.config.list_physical_devices('GPU')))
+
+
+def mirrored_devices():
+  """The devices 'mirrored' replicates over: every local GPU; without one,
+  every logical CPU device when the CPU is split into several
+  (`tf.config.set_logical_device_configuration`, e.g. to test several
+  replicas on one machine); else None (TensorFlow's choice: the CPU)."""
+  if tf.config.list_physical_devices('GPU'):
+    return None
+  if _logical_cpus() > 1:
+    return [d.name for d in tf.config.list_logical_devices('CPU')]
+  return None
 
 
 def expected_replicas(name):
@@ -39,7 +64,9 @@ def expected_replicas(name):
   if name == 'default':
     return 1
   if name == 'mirrored':
-    return _local_devices()
+    if tf.config.list_physical_devices('GPU'):
+      return _local_devices()
+    return max(1, _logical_cpus())
   if name == 'multi_worker':
     cluster = _tf_config().get('cluster', {})
     workers = len(cluster.get('worker', [])) + len(cluster.get('chief', []))
@@ -50,6 +77,9 @@ def expected_replicas(name):
 def make_strategy(name, tpu=None):
   """The strategy called `name` ('default', 'mirrored', 'multi_worker', 'tpu').
 
+  'mirrored' replicates over `mirrored_devices()`: the local GPUs, or the
+  logical CPU devices where there is no GPU.
+
   'multi_worker' reads the cluster from TF_CONFIG; 'tpu' connects to `tpu`
   (a name or grpc:// address; None or '' for the local TPU).
   """
@@ -57,7 +87,14 @@ def make_strategy(name, tpu=None):
   if name == 'default':
     return tf.distribute.get_strategy()
   if name == 'mirrored':
-    return tf.distribute.MirroredStrategy()
+    # One per process: the collective keys of a second MirroredStrategy
+    # over the same devices collide with the first's (synchronised batch
+    # norm then fails with a shape mismatch).
+    devices = mirrored_devices()
+    key = tuple(devices or ())
+    if key not in _MIRRORED:
+      _MIRRORED[key] = tf.distribute.MirroredStrategy(devices)
+    return _MIRRORED[key]
   if name == 'multi_worker':
     if not _tf_config().get('cluster'):
       raise ValueError(
@@ -69,6 +106,14 @@ def make_strategy(name, tpu=None):
   tf.config.experimental_connect_to_cluster(resolver)
   tf.tpu.experimental.initialize_tpu_system(resolver)
   return tf.distribute.TPUStrategy(resolver)
+
+
+def evaluation_strategy(strategy):
+  """The strategy evaluation runs under: `strategy`, except for a
+  multi-worker one (the chief evaluates alone, on the default strategy)."""
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return tf.distribute.get_strategy()
+  return strategy
 
 
 def is_chief(strategy):

@@ -30,7 +30,8 @@ base_channels), tau, eps, preprocessing, top1, top5, cross_entropy, loss
 (cross-entropy + tau * ponder cost), flops_mean, flops_std, flops_no_halting
 (the same network evaluating every unit), flops_ratio, ponder_cost_mean /
 _std (ACT/SACT), ponder_on_object_mean / _std (datasets with boxes,
-ACT/SACT), seconds, and blocks: a list of {name, num_units, units_mean,
+ACT/SACT), replicas (that evaluated it), seconds, and blocks: a list of
+{name, num_units, units_mean,
 units_std, ponder_cost_mean, ponder_cost_std, ponder_on_object_mean}. The
 returned summary also holds `path`, the JSON written (None without
 `write`); the JSON itself does not (a record may be renamed later).
@@ -56,6 +57,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from sact_tf import fileio
 from sact_tf import flops as flops_lib
 from sact_tf import progress as progress_lib
 from sact_tf import summaries as summaries_lib
@@ -204,15 +206,15 @@ def is_latest_checkpoint(prefix, model_dir):
     latest = checkpointing.resolve(model_dir)
   except (FileNotFoundError, ValueError):
     return False
-  return os.path.abspath(latest) == os.path.abspath(prefix)
+  return fileio.absolute(latest) == fileio.absolute(prefix)
 
 
 def evaluates_latest(checkpoint, prefix, model_dir):
   """Whether `checkpoint` (as given to `evaluate`, resolved to `prefix`)
   is the run's latest checkpoint."""
   if checkpoint is None or (
-      tf.io.gfile.isdir(checkpoint)
-      and os.path.abspath(checkpoint) == os.path.abspath(model_dir)):
+      checkpointing.is_folder(checkpoint)
+      and fileio.absolute(checkpoint) == fileio.absolute(model_dir)):
     return True
   return is_latest_checkpoint(prefix, model_dir)
 
@@ -295,7 +297,7 @@ def keep_previous(path, new, name_of, fields, value_of, companions=()):
   Returns:
     The path the old record moved to, or None.
   """
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return None
   try:
     old = config_lib.read_json(path)
@@ -307,17 +309,17 @@ def keep_previous(path, new, name_of, fields, value_of, companions=()):
     logging.warning('Replacing %s, which is not an evaluation record.', path)
     return None
   target = name_of(*previous_identity(old, new, fields, value_of))
-  if os.path.abspath(target) == os.path.abspath(path):
+  if fileio.absolute(target) == fileio.absolute(path):
     logging.info('Replacing %s: the same checkpoint (step %s), examples and '
                  'settings evaluated again.', path, old.get('step'))
     return None
-  if os.path.exists(target):
+  if fileio.exists(target):
     logging.info('Replacing %s, an evaluation of the same checkpoint, '
                  'examples and settings.', target)
-  os.replace(path, target)
+  fileio.rename(path, target)
   for companion in companions:
-    if os.path.exists(companion(path)):
-      os.replace(companion(path), companion(target))
+    if fileio.exists(companion(path)):
+      fileio.rename(companion(path), companion(target))
   logging.info('Kept the previous record %s (step %s) as %s.', path,
                old.get('step'), target)
   return target
@@ -467,8 +469,46 @@ def _value(record, field):
   return record.get(field)
 
 
-def evaluate(config, image_size=None, checkpoint=None, write=True):
+def _sharded(eval_step, strategy, batch_size):
+  """`eval_step` over the replicas of `strategy`: each evaluates a shard.
+
+  Returns `step(batch)` giving what `eval_step(batch)` gives (numpy): the
+  batch is padded to `batch_size` rounded up to a multiple of the replicas,
+  replica i takes the i-th contiguous shard, the per-example results are
+  gathered in order and the padding is dropped.
+  """
+  replicas = strategy.num_replicas_in_sync
+  shard = -(-batch_size // replicas)
+
+  @tf.function
+  def run(inputs):
+    values, maps = strategy.run(eval_step, args=(inputs,))
+    return tf.nest.map_structure(lambda v: strategy.gather(v, axis=0),
+                                 (values, maps))
+
+  def step(batch):
+    count = int(tf.shape(batch['image'])[0])
+    padded = {k: tf.pad(v, [[0, shard * replicas - count]]
+                        + [[0, 0]] * (v.shape.rank - 1))
+              for k, v in batch.items()}
+    inputs = strategy.experimental_distribute_values_from_function(
+        lambda context: {k: v[context.replica_id_in_sync_group * shard:
+                              (context.replica_id_in_sync_group + 1) * shard]
+                         for k, v in padded.items()})
+    values, maps = run(inputs)
+    return ({k: v[:count] for k, v in values.items()},
+            {k: v[:count] for k, v in maps.items()})
+
+  return step
+
+
+def evaluate(config, image_size=None, checkpoint=None, write=True,
+             strategy=None):
   """Evaluates a checkpoint of the config's model.
+
+  Under a `strategy` of several replicas each replica evaluates a shard of
+  every batch (the numbers are those of one device); the record notes the
+  replica count.
 
   Args:
     config: the run's `ExperimentConfig`.
@@ -496,7 +536,10 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
   saved = config_lib.load(config.run.model_dir)
   config_lib.check_same_model(config, saved, config.run.model_dir)
   overrides = settings_overrides(saved, config, EVAL_FIELDS)
-  model = config.build_model(image_size)
+  strategy = strategy or tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  with strategy.scope():
+    model = config.build_model(image_size)
   checkpointing.restore_model(model, prefix)
   step = checkpoint_step(prefix)
   has_bbox = spec.bbox_key is not None
@@ -505,6 +548,8 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
       config.data.eval_batch_size,
       num_examples=config.data.eval_examples or None)
   eval_step = _make_eval_step(model, config, has_bbox)
+  if replicas > 1:
+    eval_step = _sharded(eval_step, strategy, config.data.eval_batch_size)
   collected = {}
   adaptive = config.model.model_type != 'resnet'
   histograms = (summaries_lib.PonderHistograms(
@@ -519,9 +564,9 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
       unit='example', count=lambda batch: int(batch['label'].shape[0])):
     values, maps = eval_step(batch)
     for key, value in values.items():
-      collected.setdefault(key, []).append(value.numpy())
+      collected.setdefault(key, []).append(np.asarray(value))
     if histograms is not None:
-      maps = {k: v.numpy() for k, v in maps.items()}
+      maps = {k: np.asarray(v) for k, v in maps.items()}
       histograms.add(maps)
       if ponder_images is None:
         ponder_images = (
@@ -538,12 +583,12 @@ def evaluate(config, image_size=None, checkpoint=None, write=True):
                        split_size(builder, spec.eval_split))
   summary.update(
       dataset=config.data.dataset, split=spec.eval_split,
-      image_size=image_size, step=step, checkpoint=os.path.abspath(prefix),
+      image_size=image_size, step=step, checkpoint=fileio.absolute(prefix),
       latest_checkpoint=latest,
       eval_examples=config.data.eval_examples if partial else 0,
       partial=partial, overrides=overrides, model=config.model_fields(),
       tau=config.loss.tau, eps=config.model.eps,
-      preprocessing=config.data.preprocessing,
+      preprocessing=config.data.preprocessing, replicas=replicas,
       seconds=time.time() - started)
   path = None
   if write:
@@ -599,7 +644,7 @@ def nan_to_none(value):
 
 def checkpoint_step(prefix):
   """The training step saved in a checkpoint (0 if it has none)."""
-  reader = tf.train.load_checkpoint(prefix)
+  reader = checkpointing.load_checkpoint(prefix)
   key = 'step/.ATTRIBUTES/VARIABLE_VALUE'
   return int(reader.get_tensor(key)) if reader.has_tensor(key) else 0
 

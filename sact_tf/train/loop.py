@@ -54,7 +54,7 @@ def _python_seed(seed):
     random.setstate(state)
 
 
-def _make_train_step(model, optimizer, config, strategy):
+def _step_fn(model, optimizer, config):
   global_batch = config.data.batch_size
 
   def step_fn(batch):
@@ -72,7 +72,10 @@ def _make_train_step(model, optimizer, config, strategy):
       ponder_cost = losses.ponder_cost_mean(outputs, global_batch)
       ponder_loss = losses.ponder_loss(outputs, config.loss.tau, global_batch)
       loss = cross_entropy + regularization + ponder_loss
-    gradients = tape.gradient(loss, model.trainable_variables)
+      # The loss itself, or scaled up in mixed_float16 (the optimizer
+      # unscales the gradients).
+      scaled = optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                labels), tf.float32)
@@ -87,7 +90,7 @@ def _make_train_step(model, optimizer, config, strategy):
         'accuracy': tf.reduce_sum(correct) / global_batch,
     }
 
-  return steps.distributed_step(step_fn, strategy, tf.distribute.ReduceOp.SUM)
+  return step_fn
 
 
 def _make_ponder_summaries(model, config, builder, spec):
@@ -196,9 +199,9 @@ class ClassificationTask(steps.Task):
         end_step=config.optimizer.train_steps, seed=config.run.seed,
         input_context=input_context)
 
-  def make_step(self, model, optimizer, config, strategy, step):
-    del step  # Unused.
-    return _make_train_step(model, optimizer, config, strategy)
+  def step_fn(self, model, optimizer, config, strategy, step):
+    del strategy, step  # Unused.
+    return _step_fn(model, optimizer, config)
 
   def window(self, strategy):
     del strategy  # Unused.

@@ -17,12 +17,12 @@ The recipes are the authors':
 import dataclasses
 import functools
 import math
-import os
 from typing import Callable, List
 
 from absl import logging
 
 from sact_tf import data
+from sact_tf import fileio
 from sact_tf.train import config as config_lib
 from sact_tf.train import distribution
 from sact_tf.train import evaluation
@@ -102,7 +102,7 @@ def _source_fields(path, target_fields):
   Without a config.json next to it, the checkpoint is taken to be the plain
   ResNet of the target's layout.
   """
-  directory = path if os.path.isdir(path) else os.path.dirname(path)
+  directory = path if fileio.isdir(path) else fileio.dirname(path)
   saved = config_lib.load(directory) if directory else None
   if saved is not None:
     return saved.model_fields()
@@ -211,8 +211,9 @@ def run(config, mode, strategy, checkpoint=None, allow_changed=False,
                  result.seconds, result.checkpoint)
   if mode in ('eval', 'train_and_eval') and distribution.is_chief(strategy):
     for size in config.data.eval_image_sizes:
-      summary = evaluation.evaluate(config, image_size=size,
-                                    checkpoint=checkpoint)
+      summary = evaluation.evaluate(
+          config, image_size=size, checkpoint=checkpoint,
+          strategy=distribution.evaluation_strategy(strategy))
       summaries.append(summary)
       report(evaluation.format_table(summary))
       report(f'Results: {summary["path"]}\nTensorBoard: tensorboard '

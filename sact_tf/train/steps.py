@@ -16,13 +16,14 @@ import collections
 import contextlib
 import math
 import os
-import shutil
 import time
 
 from absl import logging
 import keras
 import tensorflow as tf
 
+from sact_tf import fileio
+from sact_tf import precision as precision_lib
 from sact_tf import progress as progress_lib
 from sact_tf.train import checkpointing
 from sact_tf.train import config as config_lib
@@ -80,13 +81,22 @@ def schedule(config):
                       config.optimizer.learning_rates())
 
 
-def make_optimizer(model, learning_rate, momentum):
+def make_optimizer(model, learning_rate, momentum, precision='float32',
+                   clip_norm=None):
   """(SGD with momentum built for `model`, the int64 step counter).
 
-  Call under the strategy's scope.
+  `clip_norm`: the largest global norm of each replica's gradients (None:
+  no clipping); clipped after any loss scaling is undone.
+
+  In `precision` 'mixed_float16' the SGD is wrapped in Keras' dynamic
+  `LossScaleOptimizer` (`sact_tf.precision`): step functions compute their
+  gradients of `optimizer.scale_loss(loss)`, which is the loss itself for
+  the plain SGD. Call under the strategy's scope.
   """
-  optimizer = keras.optimizers.SGD(learning_rate=learning_rate,
-                                   momentum=momentum)
+  optimizer = precision_lib.loss_scale_optimizer(
+      keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                           global_clipnorm=clip_norm or None),
+      precision)
   optimizer.build(model.trainable_variables)
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
   return optimizer, step
@@ -121,7 +131,7 @@ def open_run(config, strategy, config_module, *, allow_changed=False,
       not allowed, or no checkpoint there is intact.
   """
   chief = distribution.is_chief(strategy)
-  os.makedirs(config.run.model_dir, exist_ok=True)
+  fileio.makedirs(config.run.model_dir)
   lock = rundir.RunLock(config.run.model_dir) if chief else rundir.NoLock()
   with lock:
     saved = (None if restart_from_scratch
@@ -174,17 +184,63 @@ def already_trained(start, train_steps):
   return True
 
 
-def distributed_step(step_fn, strategy, reduce_op):
-  """A `tf.function` running `step_fn` on the next element of an iterator
-  on every replica and reducing its dict of values with `reduce_op`."""
+def distributed_step(step_fn, strategy, reduce_op, step, keys,
+                     steps_per_loop=1):
+  """A function `train_loop(iterator, n)` running `n` training steps.
+
+  Each step runs `step_fn` on the next element of `iterator` on every
+  replica, reduces its dict of values with `reduce_op` and adds one to the
+  `step` variable (so a step function reading `step` sees its own step).
+  Returns {key: float32 [n]}, the values of `keys` at each step: the host
+  reads them once per call. With `steps_per_loop` > 1 the steps run in a
+  `tf.range` loop of one `tf.function` (`n` a tensor: one trace serves
+  every loop length); with 1, `n` must be 1 and the step is the whole
+  function (no loop around it).
+  """
+
+  def one_step(iterator):
+    per_replica = strategy.run(step_fn, args=(next(iterator),))
+    values = {k: strategy.reduce(reduce_op, per_replica[k], axis=None)
+              for k in keys}
+    step.assign_add(1)
+    return {k: tf.cast(values[k], tf.float32) for k in keys}
 
   @tf.function
-  def train_step(iterator):
-    per_replica = strategy.run(step_fn, args=(next(iterator),))
-    return {k: strategy.reduce(reduce_op, v, axis=None)
-            for k, v in per_replica.items()}
+  def single(iterator):
+    return {k: v[tf.newaxis] for k, v in one_step(iterator).items()}
 
-  return train_step
+  @tf.function
+  def looped(iterator, n):
+    arrays = {k: tf.TensorArray(tf.float32, size=n) for k in keys}
+    for i in tf.range(n):
+      values = one_step(iterator)
+      arrays = {k: arrays[k].write(i, values[k]) for k in keys}
+    return {k: arrays[k].stack() for k in keys}
+
+  def train_loop(iterator, n):
+    if steps_per_loop == 1:
+      if int(n) != 1:
+        raise ValueError(f'A loop of one step was asked to run {int(n)}.')
+      return single(iterator)
+    return looped(iterator, n)
+
+  return train_loop
+
+
+def loop_lengths(start, end, steps_per_loop, *boundaries):
+  """The (first, last) steps of each host loop from `start + 1` to `end`.
+
+  Loops are at most `steps_per_loop` long and end at every multiple of each
+  of `boundaries` (summary and checkpoint intervals), so summaries and
+  checkpoints fall on the same steps whatever `steps_per_loop` is.
+  """
+  current = start
+  while current < end:
+    last = min(end, current + steps_per_loop)
+    for every in boundaries:
+      last = min(last, (current // every + 1) * every)
+    yield current + 1, last
+    current = last
 
 
 def summary_writer(config, chief):
@@ -242,14 +298,17 @@ def save_checkpoint(model, manager, current):
   return manager.save(checkpoint_number=current)
 
 
-def run(train_step, iterator, start, config, *, model, optimizer, step,
-        manager, writer, window, examples_per_step, rate_key, on_summary,
+def run(train_loop, iterator, start, config, *, model, optimizer, manager,
+        writer, window, examples_per_step, rate_key, on_summary,
         latest=None, after_save=None, lock=None, profiler=None,
         progress=None):
   """Runs training steps `start + 1` to `config.optimizer.train_steps`.
 
-  Each step calls `train_step(iterator)` (a dict of metrics with `loss`),
-  counts it in `step` and adds it to `window`. At the end of each summary
+  The steps run in loops of up to `config.run.steps_per_loop`
+  (`loop_lengths`): each calls `train_loop(iterator, n)` (a
+  `distributed_step`: {metric: [n]} with `loss`, the step counter advanced)
+  and reads its values once; each step's loss is checked and its values go
+  to `window`. At the end of each summary
   window (every `config.run.summary_every` steps and at the last step) the
   window's metrics, the learning rate and the throughput (`rate_key`:
   `examples_per_step` times steps per second) go to `writer` as scalars at
@@ -273,19 +332,26 @@ def run(train_step, iterator, start, config, *, model, optimizer, step,
   last_path, last_metrics = latest, {}
   profiler = profiler or profiling.StepProfiler(None, None)
   progress = progress or progress_lib.Progress('Training', enabled=False)
-  for current in range(start + 1, config.optimizer.train_steps + 1):
-    profiler.before(current)
-    with profiler.trace(current):
-      values = train_step(iterator)
-    step.assign_add(1)
-    loss = float(values['loss'])
-    if not math.isfinite(loss):
-      raise TrainingDivergedError(
-          f'The loss is {loss} at step {current}; stopping. The last good '
-          f'checkpoint is {manager.latest_checkpoint}. Lower --learning_rate '
-          'and start again from it.')
-    window.add(values)
-    progress.update()
+  loops = loop_lengths(start, config.optimizer.train_steps,
+                       config.run.steps_per_loop, config.run.summary_every,
+                       config.run.checkpoint_every)
+  for first, last in loops:
+    for current in range(first, last + 1):
+      profiler.before(current)
+    with profiler.trace(first):
+      values = train_loop(iterator, tf.constant(last - first + 1))
+    # The one host synchronisation of the loop.
+    values = {k: v.numpy() for k, v in values.items()}
+    for i, current in enumerate(range(first, last + 1)):
+      loss = float(values['loss'][i])
+      if not math.isfinite(loss):
+        raise TrainingDivergedError(
+            f'The loss is {loss} at step {current}; stopping. The last good '
+            f'checkpoint is {manager.latest_checkpoint}. Lower '
+            '--learning_rate and start again from it.')
+      window.add({k: v[i] for k, v in values.items()})
+    progress.update(last - first + 1)
+    current = last
     if (current % config.run.summary_every == 0
         or current == config.optimizer.train_steps):
       elapsed = time.time() - window.start
@@ -346,8 +412,14 @@ class Task:
     """The training dataset of one input pipeline, from step `start`."""
     raise NotImplementedError
 
-  def make_step(self, model, optimizer, config, strategy, step):
-    """A `tf.function` running one training step on an iterator."""
+  # How the replicas' values of a step are combined.
+  reduce_op = tf.distribute.ReduceOp.SUM
+
+  def step_fn(self, model, optimizer, config, strategy, step):
+    """The per-replica training step `fn(batch)` -> {metric: value}, with
+    the metrics of `window`. Its gradients are of
+    `optimizer.scale_loss(loss)` (loss scaling in mixed_float16); `step` is
+    the step counter, already advanced for earlier steps."""
     raise NotImplementedError
 
   def window(self, strategy):
@@ -388,6 +460,9 @@ def train_task(task, config, strategy=None, *, allow_changed=False,
   started = time.time()
   profile_steps = profiling.parse_steps(profile_steps)  # Fails early.
   strategy = strategy or tf.distribute.get_strategy()
+  # Recorded in config.json (a resumed run records a changed count).
+  config = config_lib.replace(
+      config, {'run.replicas': strategy.num_replicas_in_sync})
   data = task.prepare_data(config)
   with open_run(config, strategy, task.config_module,
                 allow_changed=allow_changed,
@@ -397,7 +472,10 @@ def train_task(task, config, strategy=None, *, allow_changed=False,
     with strategy.scope():
       model = task.build_model(config)
       optimizer, step = make_optimizer(model, schedule(config),
-                                       config.optimizer.momentum)
+                                       config.optimizer.momentum,
+                                       config.run.precision,
+                                       getattr(config.optimizer,
+                                               'clip_gradient_norm', None))
     manager, save_dir, latest = restore_or_initialise(
         model, optimizer, step, config, strategy,
         task.initialiser(model, config), resume.latest)
@@ -407,14 +485,18 @@ def train_task(task, config, strategy=None, *, allow_changed=False,
     dataset = strategy.distribute_datasets_from_function(
         lambda context: task.dataset(config, data, start, context))
     iterator = iter(dataset)
-    train_step = task.make_step(model, optimizer, config, strategy, step)
+    window = task.window(strategy)
+    train_loop = distributed_step(
+        task.step_fn(model, optimizer, config, strategy, step), strategy,
+        task.reduce_op, step, window.keys + tuple(window.totals),
+        config.run.steps_per_loop)
     writer = summary_writer(config, chief)
     on_summary = task.summary_hook(model, config, data, strategy, chief)
 
     def after_save():
       # Workers other than the chief save to a scratch folder: drop it.
       if not chief:
-        shutil.rmtree(save_dir, ignore_errors=True)
+        fileio.rmtree(save_dir, ignore_errors=True)
 
     if chief:
       hparams.write_hparams(config, config.run.model_dir)
@@ -430,9 +512,9 @@ def train_task(task, config, strategy=None, *, allow_changed=False,
         initial=start, enabled=chief)
     with profiler, steps_progress:
       last_path, last_metrics = run(
-          train_step, iterator, start, config, model=model,
-          optimizer=optimizer, step=step, manager=manager, writer=writer,
-          window=task.window(strategy),
+          train_loop, iterator, start, config, model=model,
+          optimizer=optimizer, manager=manager, writer=writer,
+          window=window,
           examples_per_step=task.examples_per_step(config, strategy),
           rate_key=task.rate_key, on_summary=on_summary, latest=latest,
           after_save=after_save, lock=lock, profiler=profiler,
