@@ -49,7 +49,8 @@ def _sact_run(tmp_path_factory):
 
 @pytest.fixture(name='clutter_dir', scope='module')
 def _clutter_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  # The folder the other modules prepare the dataset in (once a session).
+  data_dir = str(tmp_path_factory.getbasetemp() / 'tfds')
   data.prepare('clutter_digits', data_dir)
   return data_dir
 

@@ -186,7 +186,8 @@ def test_config_lock_npz_and_png_on_ram(base):
 def _clutter_dir(tmp_path_factory):
   # TFDS (etils.epath) does not know ram://, so the data stay local; a
   # gs:// data_dir works through TFDS itself.
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  # The folder the other modules prepare the dataset in (once a session).
+  data_dir = str(tmp_path_factory.getbasetemp() / 'tfds')
   data.prepare('clutter_digits', data_dir)
   return data_dir
 

@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from sact_tf import data
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _SCRIPT = textwrap.dedent('''
@@ -24,13 +26,16 @@ _SCRIPT = textwrap.dedent('''
     from experiments import cifar10, coco
     from sact_tf.train import config as config_lib, evaluation
     from sact_tf.detection import config as detection_config
+    from sact_tf.detection import clutter_detection
     from sact_tf.detection import evaluation as detection_evaluation
-    work = sys.argv[1]
+    work, data_dir = sys.argv[1], sys.argv[2]
+    # A small detection dataset: what is tested is the replicas.
+    clutter_detection.NUM_EXAMPLES.update(train=8, test=4)
     out = {}
     run = work + '/sact'
     summaries = cifar10.main([
         'cifar10', '--strategy=mirrored', '--dataset=clutter_digits',
-        f'--data_dir={work}/tfds', f'--model_dir={run}', '--model=1,2,1',
+        f'--data_dir={data_dir}', f'--model_dir={run}', '--model=1,2,1',
         '--base_channels=4', '--batch_size=4', '--train_steps=3',
         '--summary_every=1', '--checkpoint_every=2', '--eval_examples=10',
         '--eval_batch_size=4', '--steps_per_loop=2'])
@@ -42,7 +47,7 @@ _SCRIPT = textwrap.dedent('''
     run = work + '/plain'
     cifar10.main([
         'cifar10', '--strategy=mirrored', '--dataset=clutter_digits',
-        f'--data_dir={work}/tfds', f'--model_dir={run}', '--model=1',
+        f'--data_dir={data_dir}', f'--model_dir={run}', '--model=1',
         '--model_type=resnet', '--base_channels=4', '--batch_size=4',
         '--train_steps=2', '--mode=train', '--sync_batch_norm'])
     config = config_lib.load(run)
@@ -71,10 +76,13 @@ _SCRIPT = textwrap.dedent('''
 @pytest.fixture(scope='module', name='runs')
 def _runs(tmp_path_factory):
   work = tmp_path_factory.mktemp('replicas')
+  # The clutter_digits folder the other modules share (prepared once).
+  data_dir = str(tmp_path_factory.getbasetemp() / 'tfds')
+  data.prepare('clutter_digits', data_dir)
   env = dict(os.environ, PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES='',
              TF_CPP_MIN_LOG_LEVEL='3')
-  done = subprocess.run([sys.executable, '-c', _SCRIPT, str(work)], env=env,
-                        capture_output=True, text=True, timeout=900,
+  done = subprocess.run([sys.executable, '-c', _SCRIPT, str(work), data_dir],
+                        env=env, capture_output=True, text=True, timeout=900,
                         check=False)
   lines = [l for l in done.stdout.splitlines() if l.startswith('RESULT ')]
   assert done.returncode == 0 and lines, done.stderr[-5000:]
@@ -86,12 +94,18 @@ def _same(a, b):
   return a == b or (math.isnan(a) and math.isnan(b))
 
 
+def _evaluations(run, count_key, count):
+  """(two-replica record, one-device record) of a run trained on two
+  replicas, both of `count` examples."""
+  assert run['replicas'] == 2
+  two, one = run['two'], run['one']
+  assert (two['replicas'], one['replicas']) == (2, 1)
+  assert two[count_key] == one[count_key] == count
+  return two, one
+
+
 def test_sact_trains_and_evaluates_on_two_replicas(runs):
-  sact = runs['sact']
-  assert sact['replicas'] == 2
-  two, one = sact['two'], sact['one']
-  assert two['replicas'] == 2 and one['replicas'] == 1
-  assert two['num_examples'] == one['num_examples'] == 10
+  two, one = _evaluations(runs['sact'], 'num_examples', 10)
   # Each replica evaluated a shard: the numbers are one device's.
   for key in ('top1', 'top5', 'flops_mean', 'flops_std'):
     assert two[key] == one[key], key
@@ -108,11 +122,8 @@ def test_plain_resnet_trains_with_synchronised_batch_norm(runs):
 
 
 def test_detector_trains_and_evaluates_on_two_replicas(runs):
-  detector = runs['detector']
-  assert detector['replicas'] == 2
-  two, one = detector['two'], detector['one']
-  assert two['replicas'] == 2 and one['replicas'] == 1
-  assert two['num_images'] == one['num_images'] == 3
+  two, one = _evaluations(runs['detector'], 'num_images', 3)
+  # Each replica detected its own images: the numbers are one device's.
   for key in ('AP', 'AP50', 'flops_mean', 'flops_std'):
     assert _same(two[key], one[key]), key
   assert two['ponder_cost_mean'] == pytest.approx(one['ponder_cost_mean'],
