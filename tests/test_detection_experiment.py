@@ -171,7 +171,10 @@ def test_training_loss_falls_on_clutter_digits_detection(tmp_path,
   losses = [float(v) for v in _tensors(os.path.join(model_dir, 'train'),
                                        'loss')]
   assert len(losses) == 4
-  assert losses[-1] < 0.8 * losses[0]
+  # Detection training on CPU is not bit-reproducible from run to run (a
+  # single 30-step window's mean moves by 10-20 %): the mean of the last 90
+  # steps against the first 30.
+  assert np.mean(losses[1:]) < 0.8 * losses[0]
   result = json.loads((tmp_path / 'run' / 'eval_test.json').read_text())
   assert result['num_images'] == 4
 
