@@ -212,7 +212,8 @@ def train_dataset(builder, spec, min_size, max_size, flip=True, start_step=0,
   The order is a pure function of (seed, position): epoch e is the split
   shuffled with a seed derived from (seed, e), and each example's flip is
   seeded by its position, so a run resumed at step k continues with the
-  example it would have seen.
+  example it would have seen: position k * (images per step), each of the
+  pipeline's replicas taking one image per step.
 
   Args:
     builder: the prepared TFDS builder (`prepare`).
@@ -223,17 +224,26 @@ def train_dataset(builder, spec, min_size, max_size, flip=True, start_step=0,
     seed: the run's data seed.
     input_context: a `tf.distribute.InputContext`, or None.
   """
+  num_pipelines, pipeline_id = pipelines.input_pipeline(input_context)
   examples, epoch_size, buffer, base_seed = pipelines.train_shard(
-      builder, spec, seed, *pipelines.input_pipeline(input_context))
-  first_epoch, offset = divmod(start_step, epoch_size)
+      builder, spec, seed, num_pipelines, pipeline_id)
+  # Each replica takes one image per step from its pipeline.
+  per_step = (input_context.num_replicas_in_sync // num_pipelines
+              if input_context else 1)
+  position = start_step * per_step
+  first_epoch, offset = divmod(position, epoch_size)
 
   def epoch(index):
+    # With a tensor seed, tf.data's seed check fails on a global seed of 0
+    # (it compares the seeds to (0, 0) as a Python bool). The order is a
+    # function of (seed, position) only: the global seed plays no part.
+    tf.compat.v1.get_default_graph().seed = None
     return examples.shuffle(buffer, seed=base_seed + index,
                             reshuffle_each_iteration=False)
 
   stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
   stream = stream.skip(offset)
-  stream = tf.data.Dataset.zip(tf.data.Dataset.counter(start_step), stream)
+  stream = tf.data.Dataset.zip(tf.data.Dataset.counter(position), stream)
   stream = stream.map(
       lambda index, example: train_example(
           example, tf.stack([tf.constant(base_seed, tf.int64), index]),
