@@ -5,6 +5,7 @@ Run by hand (the default sections take about 7 minutes on 2 cores):
   python -m benchmarks.sparse_speed                  # the README table
   python -m benchmarks.sparse_speed --sections=break_even
   python -m benchmarks.sparse_speed --sections=sact --runs=9
+  python -m benchmarks.sparse_speed --precision=mixed_bfloat16
 
 Sections (all on random weights, inference unless stated):
   sact: the SACT ResNet-101 feature extractor (stem and blocks 1-3) at
@@ -31,7 +32,8 @@ FLOPs saving that shows in wall time, (1 - time ratio) / (1 - FLOPs ratio),
 and the ratio of process CPU time. Times are medians of `--runs` runs after
 `--warmup` calls, all variants interleaved in one process (the machine may
 be shared): ratios, not absolute times, are the result. Index and mask
-building happen inside the timed calls.
+building happen inside the timed calls. `--precision` builds every network
+of the run, the plain baselines included, under that Keras dtype policy.
 """
 
 import collections
@@ -48,6 +50,7 @@ import tensorflow as tf
 from sact_tf import architectures
 from sact_tf import flops as flops_lib
 from sact_tf import models
+from sact_tf import precision as precision_lib
 from sact_tf import sparse as sparse_lib
 from sact_tf.layers import blocks as blocks_lib
 from sact_tf.layers import common
@@ -65,6 +68,9 @@ def define_flags():
                        lower_bound=1)
   flags.DEFINE_integer('warmup', 2, 'Untimed calls per variant first.',
                        lower_bound=1)
+  flags.DEFINE_enum('precision', 'float32', precision_lib.PRECISIONS,
+                    'Keras dtype policy of every network timed (the plain '
+                    'baselines included).')
 
 
 SACT_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -404,7 +410,11 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'Unknown --sections {sorted(unknown)}; allowed: '
                          'sact, act, train, break_even.')
-  print(f'Machine: {machine()}; load average at start {load()}.')
+  # Every network of the run is built under the policy; ratios stay
+  # against the plain network of the same precision.
+  keras.mixed_precision.set_global_policy(FLAGS.precision)
+  print(f'Machine: {machine()}; load average at start {load()}; '
+        f'precision {FLAGS.precision}.')
   print(f'Medians of {FLAGS.runs} interleaved runs after {FLAGS.warmup} '
         'warm-up calls, in one process. Ratios against the plain network; '
         'the CPU-time ratio (process time, all threads) is less sensitive '
