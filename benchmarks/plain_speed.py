@@ -1,6 +1,6 @@
 r"""This package's plain ResNet-50 against Keras' own ResNet50V2, side by side.
 
-Run by hand (about 3 minutes on 2 cores):
+Run by hand (about 5 minutes on 2 cores):
 
   python -m benchmarks.plain_speed
   python -m benchmarks.plain_speed --batches=1,8 --precisions=float32 --runs=9

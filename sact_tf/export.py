@@ -105,6 +105,7 @@ from sact_tf import fileio
 from sact_tf import inference
 from sact_tf import viz
 from sact_tf.layers import common as common_layers
+from sact_tf.train import checkpointing
 
 TOP_K = 5
 # Longest side, in pixels, of an image the model runs on at its resolution.
@@ -601,7 +602,6 @@ def version_dir(base, version):
   return os.path.join(base, str(validate_version(version)))
 
 
-_STEP_KEY = 'step/.ATTRIBUTES/VARIABLE_VALUE'
 _NUMBERED = re.compile(r'-(\d+)$')
 
 
@@ -616,13 +616,11 @@ def checkpoint_step(prefix):
     ValueError: neither tells the step (pass a version instead).
   """
   try:
-    reader = tf.train.load_checkpoint(prefix)
-    if reader.has_tensor(_STEP_KEY):
-      step = int(reader.get_tensor(_STEP_KEY))
-      if step >= 0:
-        return step
+    step = checkpointing.saved_step(prefix)
   except (tf.errors.OpError, ValueError):
-    pass
+    step = None
+  if step is not None and step >= 0:
+    return step
   match = _NUMBERED.search(prefix.rstrip('/'))
   if match:
     return int(match.group(1))

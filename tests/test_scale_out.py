@@ -32,12 +32,12 @@ def _weights(config):
   return {v.path: v.numpy() for v in model.variables}
 
 
-def test_precision_names_are_checked():
+def test_precision_names_are_checked(tmp_path):
   assert precision.compute_dtype('mixed_bfloat16') == 'bfloat16'
   with pytest.raises(ValueError, match='Unknown precision .*mixed_float16'):
     precision.validate('float16')
   with pytest.raises(ValueError, match='Unknown precision'):
-    helpers.tiny_config('/tmp/x', run=dict(precision='half'))
+    helpers.tiny_config(tmp_path, run=dict(precision='half'))
 
 
 def test_training_runs_under_a_policy(tmp_path):
@@ -126,12 +126,12 @@ def test_detector_under_mixed_bfloat16():
   assert again.dtype_policy.name == 'mixed_bfloat16'
 
 
-def test_binaries_name_a_bad_precision():
+def test_binaries_name_a_bad_precision(tmp_path):
   try:
     with pytest.raises(flags.IllegalFlagValueError,
                        match='mixed_bfloat16'):
       cifar10.FLAGS(['cifar10', '--precision=half'])
-    cifar10.FLAGS(['cifar10', '--model_dir=/tmp/unused',
+    cifar10.FLAGS(['cifar10', f'--model_dir={tmp_path}',
                    '--set=run.precision=half'])
     with pytest.raises(ValueError, match='Unknown precision .half.'):
       common.flags_to_config(cifar10.BINARY, cifar10.FLAGS)

@@ -90,6 +90,17 @@ def load_checkpoint(prefix):
   return rundir.load_checkpoint(prefix)
 
 
+_STEP_KEY = 'step/.ATTRIBUTES/VARIABLE_VALUE'
+
+
+def saved_step(prefix):
+  """The training step saved in checkpoint `prefix` (its `step` variable),
+  or None if it has none."""
+  reader = load_checkpoint(prefix)
+  return int(reader.get_tensor(_STEP_KEY)) if reader.has_tensor(
+      _STEP_KEY) else None
+
+
 def describe_model(model):
   """A model's layout in words, for error messages."""
   return (f'model {model.name} ({model.family}, {model.model_type}, units '

@@ -644,9 +644,8 @@ def nan_to_none(value):
 
 def checkpoint_step(prefix):
   """The training step saved in a checkpoint (0 if it has none)."""
-  reader = checkpointing.load_checkpoint(prefix)
-  key = 'step/.ATTRIBUTES/VARIABLE_VALUE'
-  return int(reader.get_tensor(key)) if reader.has_tensor(key) else 0
+  step = checkpointing.saved_step(prefix)
+  return 0 if step is None else step
 
 
 def is_standard(path, summary):
