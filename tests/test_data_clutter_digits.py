@@ -92,3 +92,48 @@ def test_tfds_builder_prepares_offline(tmp_path_factory):
                               data_dir=data_dir).map(
                                   lambda e: e['source_index'])))
   assert test_sources == set(clutter_digits.source_indices('test'))
+
+
+def test_hard_style_splits_are_disjoint_and_validation_comes_from_train():
+  hard = clutter_digits.HARD
+  train = set(clutter_digits.source_indices('train', hard))
+  validation = set(clutter_digits.source_indices('validation', hard))
+  test = set(clutter_digits.source_indices('test', hard))
+  assert not train & validation and not train & test
+  assert not validation & test
+  # Test is the standard dataset's test; validation is held out of train.
+  assert test == set(clutter_digits.source_indices('test'))
+  assert train | validation == set(clutter_digits.source_indices('train'))
+  assert len(validation) == round(0.15 * 1438)
+  assert [clutter_digits.num_examples(s, hard) for s in hard.splits] == [
+      len(train) * 8, len(validation) * 5, 359 * 3]
+  with pytest.raises(ValueError, match='Unknown split'):
+    clutter_digits.source_indices('extra', hard)
+
+
+def _clutter_share(example):
+  """Share of the canvas outside the digit's box covered by bright ink."""
+  image = tf.io.decode_png(example['image'].getvalue()).numpy()
+  ymin, xmin, ymax, xmax = np.asarray(example['bbox']) * image.shape[0]
+  outside = image.copy()
+  outside[int(ymin):int(np.ceil(ymax)), int(xmin):int(np.ceil(xmax))] = 0
+  return (outside.max(axis=-1) > 0.35 * 255).mean()
+
+
+def test_hard_style_draws_small_digits_among_more_clutter():
+  images, labels = _digits(200)
+  hard = clutter_digits.HARD
+  examples = [e for _, e in clutter_digits.generate(
+      'validation', images, labels, style=hard)]
+  assert len(examples) > 10
+  for example in examples:
+    image = tf.io.decode_png(example['image'].getvalue()).numpy()
+    assert image.shape == (64, 64, 3)
+    ymin, xmin, ymax, xmax = np.asarray(example['bbox']) * 64
+    # The tight box of a digit upscaled to the style's sizes.
+    largest = hard.digit_size[1] + 0.01
+    assert 1 <= ymax - ymin <= largest and 1 <= xmax - xmin <= largest
+  standard = [e for _, e in clutter_digits.generate('test', images, labels)]
+  hard_share = np.mean([_clutter_share(e) for e in examples])
+  standard_share = np.mean([_clutter_share(e) for e in standard])
+  assert hard_share > 1.4 * standard_share

@@ -99,6 +99,19 @@ SPECS = {
         area_range=(0.25, 1.0), min_object_covered=1.0,
         eval_crop_fraction=1.0, shuffle_buffer=8192, offline=True,
         prepare_hint='It is generated offline from scikit-learn\'s digits.'),
+    # Evaluated on validation by default: choices are made there, and the
+    # test split is read only for the reported numbers
+    # (`--set=data.eval_split=test`).
+    'clutter_digits_hard': DatasetSpec(
+        name='clutter_digits_hard', num_classes=clutter_digits.NUM_CLASSES,
+        train_split='train', eval_split='validation',
+        num_train_examples=clutter_digits.num_examples(
+            'train', clutter_digits.HARD),
+        image_size=clutter_digits.HARD.canvas, image_format='png',
+        bbox_key='bbox', flip=False, area_range=(0.25, 1.0),
+        min_object_covered=1.0, eval_crop_fraction=1.0, shuffle_buffer=10_000,
+        offline=True,
+        prepare_hint='It is generated offline from scikit-learn\'s digits.'),
 }
 
 

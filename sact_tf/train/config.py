@@ -273,6 +273,9 @@ class ClassificationDataConfig(DataConfig):
     eval_image_sizes: resolutions to evaluate at.
     batch_size: global training batch size.
     eval_batch_size: evaluation batch size.
+    eval_split: the split to evaluate on (None: the dataset's evaluation
+      split, e.g. ImageNet's 'validation'); it names the evaluation records
+      (eval_<split>_<size>px.json).
   """
 
   dataset: str = 'imagenet2012'
@@ -282,6 +285,7 @@ class ClassificationDataConfig(DataConfig):
       default_factory=lambda: [224])
   batch_size: int = 256
   eval_batch_size: int = 100
+  eval_split: Optional[str] = None
 
   def validate(self):
     super().validate()
@@ -295,6 +299,10 @@ class ClassificationDataConfig(DataConfig):
       raise ValueError('eval_image_sizes must list at least one size.')
     for size in self.eval_image_sizes:
       check_positive_int('eval_image_sizes', size)
+    if self.eval_split is not None and not (
+        isinstance(self.eval_split, str) and self.eval_split.strip()):
+      raise ValueError(f'eval_split must be a split name or None, got '
+                       f'{self.eval_split!r}.')
 
 
 @dataclasses.dataclass
@@ -840,6 +848,7 @@ def check_same_model(config, saved, where):
 # read, what is evaluated and how often the run reports, not what it trains.
 FREE_ON_RESUME = ('data.data_dir', 'data.download', 'data.eval_batch_size',
                   'data.eval_examples', 'data.eval_image_sizes',
+                  'data.eval_split',
                   'run.summary_images', 'run.model_dir', 'run.summary_every',
                   'run.checkpoint_every', 'run.keep_checkpoints',
                   'run.steps_per_loop', 'run.history')

@@ -48,6 +48,7 @@ the run's HParams table as scalars `<record name>/<metric>`
 (`sact_tf.train.hparams`).
 """
 
+import dataclasses
 import math
 import os
 import re
@@ -502,6 +503,23 @@ def _sharded(eval_step, strategy, batch_size):
   return step
 
 
+def evaluation_spec(config, builder):
+  """The dataset's `DatasetSpec` with the split `config` evaluates on.
+
+  Raises:
+    ValueError: `data.eval_split` names a split the dataset does not have.
+  """
+  spec = datasets.get_spec(config.data.dataset)
+  split = getattr(config.data, 'eval_split', None)
+  if not split or split == spec.eval_split:
+    return spec
+  known = sorted(builder.info.splits.keys())
+  if split not in known:
+    raise ValueError(f'data.eval_split={split!r}: {config.data.dataset} has '
+                     f'no such split; its splits are {known}.')
+  return dataclasses.replace(spec, eval_split=split)
+
+
 def evaluate(config, image_size=None, checkpoint=None, write=True,
              strategy=None):
   """Evaluates a checkpoint of the config's model.
@@ -528,9 +546,9 @@ def evaluate(config, image_size=None, checkpoint=None, write=True,
     FileNotFoundError: there is no checkpoint.
   """
   image_size = image_size or config.data.eval_image_sizes[0]
-  spec = datasets.get_spec(config.data.dataset)
   builder = datasets.prepare(config.data.dataset, config.data.data_dir,
                              config.data.download)
+  spec = evaluation_spec(config, builder)
   prefix = checkpointing.resolve(checkpoint or config.run.model_dir)
   latest = evaluates_latest(checkpoint, prefix, config.run.model_dir)
   saved = config_lib.load(config.run.model_dir)
