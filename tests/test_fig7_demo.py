@@ -91,11 +91,14 @@ def test_toy_protocol_runs_resumes_and_reports(tmp_path, hard_dir):
     assert os.path.getsize(os.path.join(work_dir, name)) > 0
   text = result['text']
   assert 'ResNet-14 (2 units per block)' in text
-  assert 'SACT ResNet-14, tau 0.01' in text and 'ACT ResNet-14' in text
-  assert 'baseline of SACT tau 0.01' in text
-  assert 'baseline of ACT tau 0.01' in text
-  rows = [line for line in text.splitlines() if line.startswith('| ')]
+  assert 'SACT ResNet-14, tau 0.08' in text and 'ACT ResNet-14' in text
+  assert 'baseline of SACT tau 0.08' in text
+  assert 'baseline of ACT tau 0.08' in text
+  report, validation = text.split('## validation split')
+  rows = [line for line in report.splitlines() if line.startswith('| ')]
   assert len(rows) == 6  # header, plain, ACT, SACT, two baselines
+  assert len([line for line in validation.splitlines()
+              if line.startswith('| ')]) == 6
   assert rows[1].startswith('| ResNet-14') and rows[1].count('(100 %)') == 2
   with open(os.path.join(work_dir, 'fig7.md')) as f:
     assert f.read() == text
