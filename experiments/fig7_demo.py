@@ -1,6 +1,6 @@
 r"""The paper's fig. 7 protocol in miniature, on CPU: does adaptivity pay?
 
-  python -m experiments.fig7_demo --work_dir=/tmp/fig7          # ~90 min
+  python -m experiments.fig7_demo --work_dir=/tmp/fig7          # ~75 min
   python -m experiments.fig7_demo --work_dir=/tmp/fig7_quick --quick
 
 On `clutter_digits_hard` (small digits among digit-like clutter), with
