@@ -61,17 +61,6 @@ DETECTOR = ['--dataset=clutter_digits_detection', '--anchor_base_size=64',
             '--checkpoint_every=1000']
 
 
-def _taus(text):
-  try:
-    taus = [float(t) for t in text.split(',') if t.strip()]
-  except ValueError:
-    taus = []
-  if not taus or any(t < 0 for t in taus):
-    raise app.UsageError(f'--taus must be comma-separated numbers >= 0, got '
-                         f'{text!r}.')
-  return taus
-
-
 def markdown(rows):
   """Table 1 in miniature as Markdown: one row per (name, summary)."""
   lines = ['| feature extractor | AP | AP50 | extractor FLOPs / image | '
@@ -93,7 +82,7 @@ def main(argv):
   common.parse(FLAGS, argv)
   if not FLAGS.work_dir:
     raise app.UsageError('--work_dir is required.')
-  taus = _taus(FLAGS.taus)
+  taus = common.number_list(FLAGS.taus, 'taus', lower=0)
   data = [f'--data_dir={FLAGS.data_dir}'] if FLAGS.data_dir else []
   model = [UNITS, f'--base_channels={FLAGS.base_channels}']
   size = [f'--min_size={FLAGS.image_size}', f'--max_size={FLAGS.image_size}']

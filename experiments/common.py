@@ -87,6 +87,24 @@ def _int_list(text, name):
                      f'{text!r}.') from None
 
 
+def number_list(text, name, kind=float, lower=None):
+  """The comma-separated numbers of flag --`name`, each of type `kind` and
+  at least `lower` (None: any).
+
+  Raises:
+    app.UsageError: the text is empty or holds something else.
+  """
+  allowed = f'comma-separated {"integers" if kind is int else "numbers"}'
+  allowed += '' if lower is None else f' >= {lower}'
+  try:
+    values = [kind(p) for p in str(text).split(',') if p.strip()]
+  except ValueError:
+    values = []
+  if not values or (lower is not None and min(values) < lower):
+    raise app.UsageError(f'--{name} must be {allowed}, got {text!r}.')
+  return values
+
+
 def define_flags(binary, flag_values):
   """Defines the binaries' flags in `flag_values` with `binary`'s defaults."""
   d = binary.defaults

@@ -43,7 +43,6 @@ from sact_tf import fileio
 from sact_tf import progress
 from sact_tf import viz
 from sact_tf.data import datasets
-from sact_tf.train import config as config_lib
 from sact_tf.train import evaluation
 
 FLAGS = flags.FlagValues()
@@ -126,25 +125,6 @@ class Run:
     return f'{self.kind}_{self.units}units_tau{self.tau:g}_seed{self.seed}'
 
 
-def _floats(text, name):
-  try:
-    values = [float(v) for v in str(text).split(',') if v.strip()]
-  except ValueError:
-    raise app.UsageError(f'--{name} must be comma-separated numbers, got '
-                         f'{text!r}.') from None
-  if not values:
-    raise app.UsageError(f'--{name} must list at least one value.')
-  return values
-
-
-def _ints(text, name, lower=0):
-  values = _floats(text, name)
-  if any(v != int(v) or v < lower for v in values):
-    raise app.UsageError(f'--{name} must be comma-separated integers >= '
-                         f'{lower}, got {text!r}.')
-  return [int(v) for v in values]
-
-
 def plan(depths, taus, seeds, baselines=True):
   """The runs of the protocol, in an order that has every source first."""
   runs = []
@@ -161,16 +141,12 @@ def plan(depths, taus, seeds, baselines=True):
   return runs
 
 
-def _record_path(model_dir, split, size):
-  return evaluation.result_path(model_dir, split, size)
-
-
 def _finished(model_dir, steps, splits, sizes):
   """Whether `model_dir` holds the standard evaluation of its final step on
   every split and size."""
   for split in splits:
     for size in sizes:
-      path = _record_path(model_dir, split, size)
+      path = evaluation.result_path(model_dir, split, size)
       if not fileio.exists(path):
         return False
       if evaluation.read_result(path).get('step') != steps:
@@ -193,8 +169,8 @@ def _argv(run, work_dir, steps, options):
   if options.data_dir:
     argv.append(f'--data_dir={options.data_dir}')
   if run.kind == 'baseline':
-    source = _record_path(os.path.join(work_dir, run.source.name),
-                          options.eval_split, options.image_size)
+    source = evaluation.result_path(os.path.join(work_dir, run.source.name),
+                                    options.eval_split, options.image_size)
     argv.append(f'--baseline_from={source}')
   else:
     argv += [f'--model={run.units}', f'--model_type={run.kind}']
@@ -235,12 +211,13 @@ def execute(run, work_dir, options):
   cifar10.main(argv)
   if options.report_split != options.eval_split:
     cifar10.main([a for a in argv if not a.startswith('--baseline_from')] +
-                 ['--mode=eval', f'--set=data.eval_split={options.report_split}'])
+                 ['--mode=eval',
+                  f'--set=data.eval_split={options.report_split}'])
   return True
 
 
 def _summary(work_dir, run, split, size):
-  path = _record_path(os.path.join(work_dir, run.name), split, size)
+  path = evaluation.result_path(os.path.join(work_dir, run.name), split, size)
   return evaluation.read_result(path) if fileio.exists(path) else None
 
 
@@ -361,12 +338,10 @@ def main(argv):
   common.parse(FLAGS, argv)
   common.require(FLAGS, 'work_dir')
   values = _options()
-  depths = _ints(values['depths'], 'depths', lower=1)
-  taus = _floats(values['taus'], 'taus')
-  if any(t < 0 for t in taus):
-    raise app.UsageError(f'--taus must be >= 0, got {values["taus"]!r}.')
-  seeds = _ints(FLAGS.seeds, 'seeds')
-  sizes = _ints(FLAGS.eval_sizes, 'eval_sizes', lower=8)
+  depths = common.number_list(values['depths'], 'depths', int, lower=1)
+  taus = common.number_list(values['taus'], 'taus', lower=0)
+  seeds = common.number_list(FLAGS.seeds, 'seeds', int, lower=0)
+  sizes = common.number_list(FLAGS.eval_sizes, 'eval_sizes', int, lower=8)
   try:
     spec = datasets.get_spec(FLAGS.dataset)
   except ValueError as e:

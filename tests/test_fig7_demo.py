@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 
+from absl import app
 import pytest
 
 from experiments import cifar10
@@ -56,9 +57,10 @@ def test_plan_puts_every_source_first():
 
 
 def test_bad_lists_are_usage_errors(tmp_path):
-  with pytest.raises(Exception, match='--taus must be comma-separated'):
+  with pytest.raises(app.UsageError, match='--taus must be comma-separated'):
     fig7_demo.main(['fig7_demo', f'--work_dir={tmp_path}', '--taus=a,b'])
-  with pytest.raises(Exception, match='--depths must be comma-separated'):
+  with pytest.raises(app.UsageError,
+                     match='--depths must be comma-separated integers >= 1'):
     fig7_demo.main(['fig7_demo', f'--work_dir={tmp_path}', '--depths=0'])
   assert not os.listdir(tmp_path)
 
@@ -105,7 +107,8 @@ def test_toy_protocol_runs_resumes_and_reports(tmp_path, hard_dir):
   # A second call finds every run finished and only redraws.
   again = fig7_demo.main(argv)
   assert again['trained'] == 0 and again['text'] == text
-  with pytest.raises(Exception, match="--report_split=nope: .* its splits "
+  with pytest.raises(app.UsageError,
+                     match="--report_split=nope: .* its splits "
                      r"are \['test', 'train', 'validation'\]"):
     fig7_demo.main(argv + ['--report_split=nope'])
   # An evaluation split the dataset lacks is named with the ones it has.
