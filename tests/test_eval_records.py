@@ -117,6 +117,17 @@ def test_partial_and_overridden_evaluations_get_their_own_records(run):
   record = _read(tau['path'])
   assert record['partial'] is False and record['tau'] == 0.9
   assert open(standard, 'rb').read() == before
+  # Another precision rounds differently: a record of its own.
+  assert _read(standard)['precision'] == 'float32'
+  bf16 = train.evaluate(config_lib.replace(
+      run, {'run.precision': 'mixed_bfloat16'}))
+  assert os.path.basename(bf16['path']) == (
+      'eval_test_32px_precision-mixed_bfloat16.json')
+  record = _read(bf16['path'])
+  assert record['precision'] == 'mixed_bfloat16'
+  assert record['overrides'] == {'precision': ['float32', 'mixed_bfloat16']}
+  assert open(standard, 'rb').read() == before
+  os.remove(bf16['path'])
 
   # A limit beyond the split is every example: the standard record.
   again = train.evaluate(config_lib.replace(run, {'data.eval_examples': 50}))

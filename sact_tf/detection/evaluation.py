@@ -19,7 +19,7 @@ name is renamed after what it holds first, its detections with it.
 Summary keys: dataset, split, num_images, step, checkpoint,
 latest_checkpoint, eval_examples (0: all), partial, overrides ({field:
 [config.json value, evaluated value]}), model (the `ModelConfig` dict), tau,
-eps, min_size, max_size; AP, AP50, AP75, AP_small, AP_medium, AP_large
+eps, min_size, max_size, precision; AP, AP50, AP75, AP_small, AP_medium, AP_large
 (pycocotools, in [0, 1]); flops_mean, flops_std (the feature extractor's
 FLOPs per image); flops_plain_mean and flops_ratio_mean / _std (relative to
 the same stem + blocks 1-3 evaluating every unit, per image);
@@ -68,7 +68,8 @@ _DRAW_MAX = 20
 # Settings that change what a detection evaluation measures (or states),
 # besides the detector's variables (which the checkpoint must match): the
 # images (dataset, min_size, max_size), halting (eps), the ponder weight the
-# record states (tau), and the proposal and detection post-processing. The
+# record states (tau), the proposal and detection post-processing, and the
+# precision (dtype policy, which changes results by rounding). The
 # model's other fields act in training only (sampling, matching, batch-norm
 # freezing, weight decay, halting_bias_init) or leave results as they are
 # (sparse execution). Records name them without their section
@@ -78,7 +79,7 @@ EVAL_FIELDS = ('dataset', 'min_size', 'max_size', 'tau', 'eps',
                'anchor_base_size', 'rpn_nms_iou', 'num_proposals',
                'pre_nms_top_k', 'crop_size', 'nms_iou',
                'max_detections_per_class', 'max_detections',
-               'score_threshold')
+               'score_threshold', 'precision')
 
 
 def result_name(split, eval_examples=0, overrides=None, step=None):
@@ -341,7 +342,7 @@ def evaluate(config, checkpoint=None, write=True, strategy=None):
       partial=partial, overrides=overrides, model=config.model.to_dict(),
       tau=config.loss.tau, eps=config.model.eps,
       min_size=config.data.min_size, max_size=config.data.max_size,
-      replicas=replicas,
+      precision=config.run.precision, replicas=replicas,
       seconds=time.time() - started)
   path = detections = None
   if write:

@@ -26,7 +26,8 @@ latest_checkpoint (whether it was the run's latest), eval_examples (the
 examples limit, 0: all), partial (fewer examples than the split holds),
 overrides ({field: [config.json value, evaluated value]} of the
 `EVAL_FIELDS` that differ), model (family, units, model_type, num_classes,
-base_channels), tau, eps, preprocessing, top1, top5, cross_entropy, loss
+base_channels), tau, eps, preprocessing, precision (the Keras dtype
+policy evaluated in), top1, top5, cross_entropy, loss
 (cross-entropy + tau * ponder cost), flops_mean, flops_std, flops_no_halting
 (the same network evaluating every unit), flops_ratio, ponder_cost_mean /
 _std (ACT/SACT), ponder_on_object_mean / _std (datasets with boxes,
@@ -81,8 +82,10 @@ RESULT_KEYS = ('flops_mean', 'top1', 'model', 'tau', 'image_size')
 # (the checkpoint holds the biases); weight decay and label smoothing only
 # enter the training loss; batch size and data location change nothing.
 # Records name them without their section (loss.tau, model.eps,
-# data.dataset, data.preprocessing): see `config_value`.
-EVAL_FIELDS = ('tau', 'eps', 'dataset', 'preprocessing')
+# data.dataset, data.preprocessing, run.precision): see `config_value`.
+# The precision (dtype policy) changes the outputs by rounding: a float32
+# run evaluated in bfloat16 is a record of its own.
+EVAL_FIELDS = ('tau', 'eps', 'dataset', 'preprocessing', 'precision')
 
 
 def _format_value(value):
@@ -606,7 +609,8 @@ def evaluate(config, image_size=None, checkpoint=None, write=True,
       eval_examples=config.data.eval_examples if partial else 0,
       partial=partial, overrides=overrides, model=config.model_fields(),
       tau=config.loss.tau, eps=config.model.eps,
-      preprocessing=config.data.preprocessing, replicas=replicas,
+      preprocessing=config.data.preprocessing,
+      precision=config.run.precision, replicas=replicas,
       seconds=time.time() - started)
   path = None
   if write:
