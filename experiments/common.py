@@ -159,11 +159,15 @@ def define_flags(binary, flag_values):
   define_scale_flags(flag_values)
   flags.DEFINE_string('finetune_from', None, 'Checkpoint (directory or '
                       'prefix) of a plain ResNet to start from: every weight '
-                      'but the halting heads (two-stage training).', **fv)
+                      'but the halting heads (two-stage training); with '
+                      '--baseline_from, the first units of each block.',
+                      **fv)
   flags.DEFINE_string('baseline_from', None, 'Evaluation JSON of an ACT/SACT '
                       'run: train the plain ResNet with its rounded average '
-                      'units per block, initialised from its first units.',
-                      **fv)
+                      'units per block, initialised from the first units of '
+                      'each block of that run or, with --finetune_from, of '
+                      'that checkpoint (e.g. the full plain ResNet the '
+                      'ACT/SACT run started from, as in the paper).', **fv)
   flags.DEFINE_integer('checkpoint_every', d['checkpoint_every'],
                        'Steps between checkpoints.', **fv)
   flags.DEFINE_integer('keep_checkpoints', 3, 'Checkpoints to keep.', **fv)
@@ -306,11 +310,6 @@ def _register_validators(binary, fv):
                        'newest intact checkpoint).')
   _validator(fv, ['checkpoint', 'mode'], checkpoint_for_eval)
 
-  def one_init(values):
-    if values['finetune_from'] and values['baseline_from']:
-      raise ValueError('Give --finetune_from or --baseline_from, not both.')
-  _validator(fv, ['finetune_from', 'baseline_from'], one_init)
-
 
 # The config field each flag sets. A field whose flag is given may not be
 # set with --set as well; the fields given (by their flags or by --set) win
@@ -400,7 +399,8 @@ def flags_to_config(binary, fv):
         raise ValueError(f'--{name} cannot be combined with --baseline_from: '
                          'the baseline is the plain ResNet with the evaluated '
                          'run\'s average units per block.')
-    values.update(recipes.baseline_fields(fv.baseline_from, binary.family))
+    values.update(recipes.baseline_fields(fv.baseline_from, binary.family,
+                                          init_from=fv.finetune_from))
   if 'data.eval_image_sizes' not in values:
     values['data.eval_image_sizes'] = _int_list(fv.eval_image_size,
                                                 'eval_image_size')
@@ -412,7 +412,8 @@ def flags_to_config(binary, fv):
                                                   'lr_boundaries')
   return recipes.experiment_config(
       binary.recipe, values, train_epochs=fv.train_epochs,
-      lr_decay_epochs=fv.lr_decay_epochs, finetune_from=fv.finetune_from,
+      lr_decay_epochs=fv.lr_decay_epochs,
+      finetune_from=None if fv.baseline_from else fv.finetune_from,
       mode=fv.mode,
       given=(False if fv.restart_from_scratch
              else _given_fields(fv, settings)))

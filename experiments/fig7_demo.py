@@ -6,13 +6,19 @@ r"""The paper's fig. 7 protocol in miniature, on CPU: does adaptivity pay?
 On `clutter_digits_hard` (small digits among digit-like clutter), with
 experiments.cifar10's recipe at 32x32:
 
-1. plain CIFAR ResNets with --depths units per block (from scratch);
+1. plain CIFAR ResNets with --depths units per block, from scratch for
+   --train_steps (stage 1);
 2. ACT and SACT networks with the deepest layout at every --taus value,
-   each fine-tuned from the trained plain network of that layout (the
-   paper's two-stage training);
-3. the non-adaptive baseline of every ACT and SACT run (--baseline_from its
-   validation evaluation: the plain ResNet with its rounded average units
-   per block, initialised from its weights);
+   each fine-tuned for --finetune_steps from the stage-1 plain network of
+   that layout (the paper's two-stage training);
+3. the same second stage without adaptivity, for equal training: every
+   plain ResNet continued for --finetune_steps from its stage-1 weights,
+   and the non-adaptive baseline of every ACT and SACT run (--baseline_from
+   its validation evaluation: the plain ResNet with its rounded average
+   units per block), initialised from the first units of the stage-1
+   deepest plain network (--finetune_from, as in the paper) and trained
+   for --finetune_steps. Every model compared in the claims has thus had
+   --train_steps + --finetune_steps steps;
 4. every run evaluated on the validation split (what the baselines are
    chosen from) and on --report_split, at the training size and at the
    larger --eval_sizes (the paper's claim that SACT gains at a higher
@@ -64,10 +70,15 @@ flags.DEFINE_string('taus', '0.005,0.02,0.08', 'Ponder cost weights of the '
                     'ACT and SACT runs.', **_fv)
 flags.DEFINE_string('seeds', '0', 'Seeds: every run is made once per seed.',
                     **_fv)
-flags.DEFINE_integer('train_steps', 600, 'Steps of the plain ResNets and of '
-                     'the baselines (batch 128).', lower_bound=1, **_fv)
-flags.DEFINE_integer('finetune_steps', 300, 'Steps of ACT/SACT fine-tuning.',
-                     lower_bound=1, **_fv)
+flags.DEFINE_integer('train_steps', 600, 'Steps of the plain ResNets\' first '
+                     'stage (batch 128).', lower_bound=1, **_fv)
+flags.DEFINE_integer('finetune_steps', 300, 'Steps of the second stage: '
+                     'ACT/SACT fine-tuning, the continued plain ResNets and '
+                     'the baselines.', lower_bound=1, **_fv)
+flags.DEFINE_boolean('train', True, 'Train the runs not finished yet; '
+                     '--notrain only collects the finished runs of the '
+                     'protocol into the table and plots (e.g. after more '
+                     'seeds of some points: --seeds=0,1 --notrain).', **_fv)
 flags.DEFINE_boolean('baselines', True, 'Train the non-adaptive baseline of '
                      'every ACT/SACT run.', **_fv)
 flags.DEFINE_integer('batch_size', 128, 'Training batch size of every run.',
@@ -93,8 +104,11 @@ flags.DEFINE_enum('precision', 'float32', ['float32', 'mixed_bfloat16',
 QUICK = dict(depths='1,3', taus='0.08', train_steps=200, finetune_steps=120)
 # What every run shares (experiments.cifar10's recipe otherwise).
 COMMON = ['--summary_every=200', '--keep_checkpoints=1']
-KINDS = ('resnet', 'act', 'sact', 'baseline')
-GROUPS = {'resnet': 'ResNet', 'act': 'ACT', 'sact': 'SACT'}
+KINDS = ('resnet', 'resnet_tuned', 'act', 'sact', 'baseline')
+GROUPS = {'resnet': 'ResNet, stage 1 only', 'resnet_tuned': 'ResNet',
+          'act': 'ACT', 'sact': 'SACT'}
+# The kinds trained in the second stage, for --finetune_steps.
+SECOND_STAGE = ('resnet_tuned', 'act', 'sact', 'baseline')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +116,15 @@ class Run:
   """One training run of the protocol.
 
   Attributes:
-    kind: 'resnet', 'act', 'sact' or 'baseline'.
+    kind: 'resnet' (stage 1), 'resnet_tuned' (the plain second stage),
+      'act', 'sact' or 'baseline'.
     units: units per block (plain and ACT/SACT); None for a baseline (its
       units come from its source's evaluation).
     tau: ponder cost weight (ACT/SACT, and the source of a baseline).
     seed: the run's seed.
-    source: the run a fine-tuned or baseline run starts from.
+    source: the run a second-stage run starts from (a baseline: the
+      ACT/SACT run whose units it takes; its weights come from that run's
+      source).
   """
 
   kind: str
@@ -120,6 +137,8 @@ class Run:
   def name(self):
     if self.kind == 'resnet':
       return f'resnet_{self.units}units_seed{self.seed}'
+    if self.kind == 'resnet_tuned':
+      return f'resnet_{self.units}units_tuned_seed{self.seed}'
     if self.kind == 'baseline':
       return f'baseline_of_{self.source.name}'
     return f'{self.kind}_{self.units}units_tau{self.tau:g}_seed{self.seed}'
@@ -132,6 +151,8 @@ def plan(depths, taus, seeds, baselines=True):
   for seed in seeds:
     plain = {d: Run('resnet', d, None, seed) for d in sorted(set(depths))}
     runs.extend(plain.values())
+    runs.extend(Run('resnet_tuned', d, None, seed, source=run)
+                for d, run in plain.items())
     adaptive = [Run(kind, deepest, tau, seed, source=plain[deepest])
                 for tau in taus for kind in ('act', 'sact')]
     runs.extend(adaptive)
@@ -171,12 +192,14 @@ def _argv(run, work_dir, steps, options):
   if run.kind == 'baseline':
     source = evaluation.result_path(os.path.join(work_dir, run.source.name),
                                     options.eval_split, options.image_size)
-    argv.append(f'--baseline_from={source}')
-  else:
-    argv += [f'--model={run.units}', f'--model_type={run.kind}']
+    plain = os.path.join(work_dir, run.source.source.name)
+    return argv + [f'--baseline_from={source}', f'--finetune_from={plain}']
+  model_type = 'resnet' if run.kind == 'resnet_tuned' else run.kind
+  argv += [f'--model={run.units}', f'--model_type={model_type}']
   if run.kind in ('act', 'sact'):
-    argv += [f'--tau={run.tau}',
-             f'--finetune_from={os.path.join(work_dir, run.source.name)}']
+    argv.append(f'--tau={run.tau}')
+  if run.source is not None:
+    argv.append(f'--finetune_from={os.path.join(work_dir, run.source.name)}')
   return argv
 
 
@@ -199,7 +222,7 @@ class Options:
 def execute(run, work_dir, options):
   """Trains and evaluates `run` unless it is finished; returns whether it
   ran."""
-  steps = (options.finetune_steps if run.kind in ('act', 'sact')
+  steps = (options.finetune_steps if run.kind in SECOND_STAGE
            else options.train_steps)
   model_dir = os.path.join(work_dir, run.name)
   splits = [options.eval_split]
@@ -246,9 +269,10 @@ def _mean_spread(values):
 
 
 def _model_name(kind, units, tau, source, summaries):
-  if kind == 'resnet':
+  if kind in ('resnet', 'resnet_tuned'):
     plural = 'unit' if units == 1 else 'units'
-    return f'ResNet-{6 * units + 2} ({units} {plural} per block)'
+    stage = ', stage 1 only' if kind == 'resnet' else ''
+    return f'ResNet-{6 * units + 2} ({units} {plural} per block{stage})'
   if kind == 'baseline':
     layouts = sorted({tuple(s['model']['units']) for s in summaries})
     shown = ', '.join(str(list(u)) for u in layouts)
@@ -262,7 +286,7 @@ def table(runs, work_dir, split, sizes):
   by_size = {size: collect(runs, work_dir, split, size) for size in sizes}
   reference = {}
   for size, rows in by_size.items():
-    plain = [k for k in rows if k[0] == 'resnet']
+    plain = [k for k in rows if k[0] in ('resnet', 'resnet_tuned')]
     if plain:
       deepest = max(plain, key=lambda k: k[1])
       reference[size] = np.mean([s['flops_mean'] for s in rows[deepest]])
@@ -310,8 +334,8 @@ def plot(runs, work_dir, split, size, path, title):
     if summary is None:
       continue
     (point,) = plot_flops.plot_runs([summary])
-    if run.kind == 'resnet':
-      label, group = f'{run.units}u', GROUPS['resnet']
+    if run.kind in ('resnet', 'resnet_tuned'):
+      label, group = f'{run.units}u', GROUPS[run.kind]
     elif run.kind == 'baseline':
       label = f'τ={run.tau:g}'
       group = f'baselines of {run.source.kind.upper()}'
@@ -367,7 +391,8 @@ def main(argv):
   started = time.time()
   trained = 0
   for run in runs:
-    trained += execute(run, work_dir, options)
+    if FLAGS.train:
+      trained += execute(run, work_dir, options)
     tracker.update()
   tracker.close()
   outputs = []
@@ -378,11 +403,12 @@ def main(argv):
     if plot(runs, work_dir, FLAGS.report_split, size, path, title):
       outputs.append(path)
   text = (f'# fig. 7 in miniature: {FLAGS.dataset}, {FLAGS.report_split} '
-          f'split\n\nTrained at {FLAGS.image_size}px: plain ResNets '
-          f'{values["train_steps"]} steps, ACT/SACT fine-tuned '
-          f'{values["finetune_steps"]} steps from the plain ResNet with '
-          f'{max(depths)} units per block, baselines '
-          f'{values["train_steps"]} steps from their ACT/SACT run. Top-1: '
+          f'split\n\nTrained at {FLAGS.image_size}px in two stages: plain '
+          f'ResNets {values["train_steps"]} steps from scratch ("stage 1 '
+          f'only"), then {values["finetune_steps"]} steps of each of: the '
+          'same ResNet continued; ACT/SACT fine-tuned from the plain ResNet '
+          f'with {max(depths)} units per block; the baselines, initialised '
+          'from its first units. Top-1: '
           'mean (min-max) over seeds. FLOPs: mean per image, and its share '
           'of the deepest plain ResNet at the same size. Ponder on object: '
           'the share of the ponder cost inside the digit\'s box over the '

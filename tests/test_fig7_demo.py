@@ -41,7 +41,7 @@ def _hard_dir(tmp_path_factory):
 def test_plan_puts_every_source_first():
   runs = fig7_demo.plan([3, 1], [0.01, 0.02], [0, 1])
   names = [r.name for r in runs]
-  assert len(names) == len(set(names)) == 2 * (2 + 4 + 4)
+  assert len(names) == len(set(names)) == 2 * (2 + 2 + 4 + 4)
   for index, run in enumerate(runs):
     if run.source is not None:
       assert run.source in runs[:index]
@@ -49,6 +49,11 @@ def test_plan_puts_every_source_first():
   assert {r.units for r in adaptive} == {3}
   assert all(r.source.kind == 'resnet' and r.source.units == 3
              and r.source.seed == r.seed for r in adaptive)
+  tuned = [r for r in runs if r.kind == 'resnet_tuned']
+  assert sorted((r.units, r.seed) for r in tuned) == [(1, 0), (1, 1), (3, 0),
+                                                       (3, 1)]
+  assert all(r.source.kind == 'resnet' and r.source.units == r.units
+             and r.source.seed == r.seed for r in tuned)
   baselines = [r for r in runs if r.kind == 'baseline']
   assert sorted(r.source.name for r in baselines) == sorted(
       r.name for r in adaptive)
@@ -68,13 +73,14 @@ def test_bad_lists_are_usage_errors(tmp_path):
 def test_toy_protocol_runs_resumes_and_reports(tmp_path, hard_dir):
   work_dir = str(tmp_path / 'fig7')
   argv = ['fig7_demo', f'--work_dir={work_dir}', f'--data_dir={hard_dir}',
-          '--quick', '--depths=2', '--train_steps=2', '--finetune_steps=2',
+          '--quick', '--depths=2', '--train_steps=2', '--finetune_steps=3',
           '--batch_size=4', '--base_channels=2', '--image_size=16',
           '--eval_sizes=16,24']
   result = fig7_demo.main(argv)
   kinds = sorted(r.kind for r in result['runs'])
-  assert kinds == ['act', 'baseline', 'baseline', 'resnet', 'sact']
-  assert result['trained'] == 5
+  assert kinds == ['act', 'baseline', 'baseline', 'resnet', 'resnet_tuned',
+                   'sact']
+  assert result['trained'] == 6
   for run in result['runs']:
     model_dir = os.path.join(work_dir, run.name)
     for split in ('validation', 'test'):
@@ -82,31 +88,53 @@ def test_toy_protocol_runs_resumes_and_reports(tmp_path, hard_dir):
         with open(evaluation.result_path(model_dir, split, size)) as f:
           record = json.load(f)
         assert record['split'] == split and record['image_size'] == size
-        assert record['step'] == 2 and not record['overrides']
+        # Equal training: every second-stage run adds --finetune_steps.
+        steps = 2 if run.kind == 'resnet' else 3
+        assert record['step'] == steps and not record['overrides']
   # The baselines are chosen from the validation evaluation, not the test.
   sact = next(r for r in result['runs'] if r.kind == 'sact')
   with open(os.path.join(work_dir, f'baseline_of_{sact.name}',
                          'config.json')) as f:
     config = json.load(f)
   assert config['run']['init_mode'] == 'baseline'
+  # ... and start, as in the paper, from the first units of the stage-1
+  # plain network, not from the ACT/SACT run.
+  plain_dir = os.path.join(work_dir, sact.source.name)
+  assert config['run']['init_checkpoint'] == plain_dir
+  assert config['run']['init_model']['model_type'] == 'resnet'
+  tuned = next(r for r in result['runs'] if r.kind == 'resnet_tuned')
+  with open(os.path.join(work_dir, tuned.name, 'config.json')) as f:
+    config = json.load(f)
+  assert config['run']['init_mode'] == 'finetune'
+  assert config['run']['init_checkpoint'] == plain_dir
+  assert config['model']['model_type'] == 'resnet'
   for name in ('fig7_test_16px.png', 'fig7_test_24px.png', 'fig7.md'):
     assert os.path.getsize(os.path.join(work_dir, name)) > 0
   text = result['text']
   assert 'ResNet-14 (2 units per block)' in text
+  assert 'ResNet-14 (2 units per block, stage 1 only)' in text
   assert 'SACT ResNet-14, tau 0.08' in text and 'ACT ResNet-14' in text
   assert 'baseline of SACT tau 0.08' in text
   assert 'baseline of ACT tau 0.08' in text
   report, validation = text.split('## validation split')
   rows = [line for line in report.splitlines() if line.startswith('| ')]
-  assert len(rows) == 6  # header, plain, ACT, SACT, two baselines
+  # header, plain (both stages), ACT, SACT, two baselines
+  assert len(rows) == 7
   assert len([line for line in validation.splitlines()
-              if line.startswith('| ')]) == 6
+              if line.startswith('| ')]) == 7
   assert rows[1].startswith('| ResNet-14') and rows[1].count('(100 %)') == 2
+  assert rows[2].startswith('| ResNet-14') and rows[2].count('(100 %)') == 2
   with open(os.path.join(work_dir, 'fig7.md')) as f:
     assert f.read() == text
   # A second call finds every run finished and only redraws.
   again = fig7_demo.main(argv)
   assert again['trained'] == 0 and again['text'] == text
+  # --notrain reports the finished runs of a larger plan, trains nothing.
+  fig7_demo.FLAGS.unparse_flags()
+  more = fig7_demo.main(argv + ['--seeds=0,1', '--notrain'])
+  assert more['trained'] == 0 and len(more['runs']) == 12
+  assert '| ResNet-14 (2 units per block) | 1 |' in more['text']
+  assert not os.path.exists(os.path.join(work_dir, 'resnet_2units_seed1'))
   with pytest.raises(app.UsageError,
                      match="--report_split=nope: .* its splits "
                      r"are \['test', 'train', 'validation'\]"):

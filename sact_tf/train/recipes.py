@@ -77,10 +77,13 @@ CIFAR = Recipe(
         int(round(f * steps)) for f in (0.6, 0.75, 0.9)])
 
 
-def baseline_fields(path, family):
+def baseline_fields(path, family, init_from=None):
   """The fields of the non-adaptive baseline of an ACT/SACT evaluation JSON:
   the plain ResNet with the evaluated run's average units per block,
-  initialised from its checkpoint (fig. 7's baselines)."""
+  initialised from the first units of each block of its checkpoint or, with
+  `init_from`, of that checkpoint (a directory or prefix; the paper's
+  choice is the full plain ResNet the ACT/SACT run was fine-tuned from).
+  """
   summary = evaluation.read_result(path, require_full=True,
                                    use='--baseline_from')
   units = evaluation.baseline_units(summary, source=path)
@@ -91,8 +94,14 @@ def baseline_fields(path, family):
   if source['family'] != family:
     raise ValueError(f'{path} describes a {source["family"]} model; this '
                      f'binary trains {family} models.')
+  if init_from is not None:
+    source = _source_fields(init_from, dict(source, units=units,
+                                            model_type='resnet'))
+    if source['family'] != family:
+      raise ValueError(f'{init_from} holds a {source["family"]} model; this '
+                       f'binary trains {family} models.')
   return {'model.units': units, 'model.model_type': 'resnet',
-          'run.init_checkpoint': summary['checkpoint'],
+          'run.init_checkpoint': init_from or summary['checkpoint'],
           'run.init_mode': 'baseline', 'run.init_model': source}
 
 
