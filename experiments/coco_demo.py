@@ -17,7 +17,10 @@ extractor's FLOPs and those of blocks 1-3 alone. The network is wide
 enough (bottleneck width 24 in block 1) that blocks 1-3, not the
 64-channel 7x7 stem, carry most (70 %) of the extractor's FLOPs, so what
 halting saves shows. Each stage resumes from its checkpoint when run again, and a
-finished one is only evaluated. The settings below are the README's; the
+finished one is only evaluated. With several --seeds, every detector is
+trained once per seed (from the same pretrained classifier: the seed sets
+the detector's new layers, data order and augmentation) and the table gives
+the mean and range over seeds. The settings below are the README's; the
 flags scale the runs.
 """
 
@@ -37,12 +40,15 @@ from sact_tf.train import config as train_config
 
 FLAGS = flags.FlagValues()
 _fv = dict(flag_values=FLAGS)
-flags.DEFINE_string('work_dir', None, 'Folder of the three runs.', **_fv)
+flags.DEFINE_string('work_dir', None, 'Folder of the runs and the table.',
+                    **_fv)
 flags.DEFINE_string('data_dir', None, 'TFDS data directory.', **_fv)
 flags.DEFINE_string('taus', '0.005,0.02', 'Ponder cost weights of the '
                     'SACT detectors (comma-separated).', **_fv)
 flags.DEFINE_integer('pretrain_steps', 1500, 'Classifier steps (batch 32).',
                      lower_bound=1, **_fv)
+flags.DEFINE_string('seeds', '0', 'Seeds of the detectors: each is trained '
+                    'once per seed.', **_fv)
 flags.DEFINE_integer('train_steps', 4000, 'Detector steps (batch 1).',
                      lower_bound=1, **_fv)
 flags.DEFINE_integer('eval_examples', 0, 'Evaluate the detectors on the '
@@ -61,20 +67,39 @@ DETECTOR = ['--dataset=clutter_digits_detection', '--anchor_base_size=64',
             '--checkpoint_every=1000']
 
 
+def _percent_spread(values):
+  """'mean' of one value, 'mean (min-max)' of several, in percent."""
+  values = [100 * v for v in values]
+  mean = sum(values) / len(values)
+  if len(values) == 1:
+    return f'{mean:.1f}'
+  return f'{mean:.1f} ({min(values):.1f}-{max(values):.1f})'
+
+
 def markdown(rows):
-  """Table 1 in miniature as Markdown: one row per (name, summary)."""
-  lines = ['| feature extractor | AP | AP50 | extractor FLOPs / image | '
-           'of plain (%) | blocks 1-3 FLOPs / image | of plain (%) |',
-           '|---|---|---|---|---|---|---|']
-  for name, summary in rows:
-    blocks = summary['flops_mean'] - summary['flops_stem_mean']
+  """Table 1 in miniature as Markdown: one row per (name, summaries), the
+  summaries being the detector's evaluations over seeds. AP and AP50: mean
+  (min-max) over seeds; FLOPs: means over seeds of the per-image mean (and
+  standard deviation over images)."""
+  lines = ['| feature extractor | seeds | AP | AP50 | extractor FLOPs / image '
+           '| of plain (%) | blocks 1-3 FLOPs / image | of plain (%) |',
+           '|---|---|---|---|---|---|---|---|']
+
+  def mean(key, summaries):
+    return sum(s[key] for s in summaries) / len(summaries)
+
+  for name, summaries in rows:
+    blocks = mean('flops_mean', summaries) - mean('flops_stem_mean',
+                                                  summaries)
     lines.append(
-        f'| {name} | {100 * summary["AP"]:.1f} | {100 * summary["AP50"]:.1f} '
-        f'| {summary["flops_mean"]:.3g} | '
-        f'{100 * summary["flops_ratio_mean"]:.1f} +- '
-        f'{100 * summary["flops_ratio_std"]:.1f} | {blocks:.3g} | '
-        f'{100 * summary["flops_blocks_ratio_mean"]:.1f} +- '
-        f'{100 * summary["flops_blocks_ratio_std"]:.1f} |')
+        f'| {name} | {len(summaries)} '
+        f'| {_percent_spread([s["AP"] for s in summaries])} '
+        f'| {_percent_spread([s["AP50"] for s in summaries])} '
+        f'| {mean("flops_mean", summaries):.3g} | '
+        f'{100 * mean("flops_ratio_mean", summaries):.1f} +- '
+        f'{100 * mean("flops_ratio_std", summaries):.1f} | {blocks:.3g} | '
+        f'{100 * mean("flops_blocks_ratio_mean", summaries):.1f} +- '
+        f'{100 * mean("flops_blocks_ratio_std", summaries):.1f} |')
   return '\n'.join(lines)
 
 
@@ -83,12 +108,13 @@ def main(argv):
   if not FLAGS.work_dir:
     raise app.UsageError('--work_dir is required.')
   taus = common.number_list(FLAGS.taus, 'taus', lower=0)
+  seeds = common.number_list(FLAGS.seeds, 'seeds', int, lower=0)
   data = [f'--data_dir={FLAGS.data_dir}'] if FLAGS.data_dir else []
   model = [UNITS, f'--base_channels={FLAGS.base_channels}']
   size = [f'--min_size={FLAGS.image_size}', f'--max_size={FLAGS.image_size}']
   pretrain_dir = os.path.join(FLAGS.work_dir, 'pretrain')
   seconds = {}
-  runs = progress.runs(2 + len(taus),
+  runs = progress.runs(1 + (1 + len(taus)) * len(seeds),
                        'Demo runs (pretraining, plain and SACT detectors)')
   started = time.time()
   imagenet.main(['imagenet', '--dataset=clutter_digits', *model, *data,
@@ -97,28 +123,33 @@ def main(argv):
                  '--summary_every=250', f'--model_dir={pretrain_dir}'])
   seconds['pretrain'] = time.time() - started
   runs.update()
-  rows = []
+  rows, pooled = [], {}
   detectors = [('ResNet (plain)', 'resnet', 0.0, 'resnet')] + [
       (f'SACT tau={tau:g}', 'sact', tau, f'sact_tau{tau:g}') for tau in taus]
-  for name, model_type, tau, folder in detectors:
-    model_dir = os.path.join(FLAGS.work_dir, folder)
-    started = time.time()
-    summary = coco.main(['coco', *DETECTOR, *model, *size, *data,
-                         f'--model_type={model_type}', f'--tau={tau}',
-                         f'--finetune_from={pretrain_dir}',
-                         f'--train_steps={FLAGS.train_steps}',
-                         f'--eval_examples={FLAGS.eval_examples}',
-                         f'--model_dir={model_dir}'])
-    seconds[folder] = time.time() - started
-    runs.update()
-    rows.append((name, train_config.read_json(summary['path'])))
+  for seed in seeds:
+    for name, model_type, tau, folder in detectors:
+      if seed:
+        name, folder = f'{name} seed {seed}', f'{folder}_seed{seed}'
+      model_dir = os.path.join(FLAGS.work_dir, folder)
+      started = time.time()
+      summary = coco.main(['coco', *DETECTOR, *model, *size, *data,
+                           f'--model_type={model_type}', f'--tau={tau}',
+                           f'--finetune_from={pretrain_dir}',
+                           f'--train_steps={FLAGS.train_steps}',
+                           f'--eval_examples={FLAGS.eval_examples}',
+                           f'--seed={seed}', f'--model_dir={model_dir}'])
+      seconds[folder] = time.time() - started
+      runs.update()
+      summary = train_config.read_json(summary['path'])
+      rows.append((name, summary))
+      pooled.setdefault(name.split(' seed ')[0], []).append(summary)
   runs.close()
   print('\nclutter_digits_detection test: Table 1 in miniature\n')
   print(evaluation.format_comparison(rows))
   wall = ', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())
   print('\nwall time: ' + wall)
   text = ('# Table 1 in miniature: clutter_digits_detection test\n\n' +
-          markdown(rows) + f'\n\nWall time: {wall}.\n')
+          markdown(list(pooled.items())) + f'\n\nWall time: {wall}.\n')
   path = os.path.join(FLAGS.work_dir, 'table1.md')
   fileio.write_text(path, text)
   print(f'Wrote {path}', flush=True)
