@@ -1,6 +1,6 @@
 r"""The paper's fig. 7 protocol in miniature, on CPU: does adaptivity pay?
 
-  python -m experiments.fig7_demo --work_dir=/tmp/fig7          # ~75 min
+  python -m experiments.fig7_demo --work_dir=/tmp/fig7          # ~80 min
   python -m experiments.fig7_demo --work_dir=/tmp/fig7_quick --quick
 
 On `clutter_digits_hard` (small digits among digit-like clutter), with
@@ -105,7 +105,7 @@ QUICK = dict(depths='1,3', taus='0.08', train_steps=200, finetune_steps=120)
 # What every run shares (experiments.cifar10's recipe otherwise).
 COMMON = ['--summary_every=200', '--keep_checkpoints=1']
 KINDS = ('resnet', 'resnet_tuned', 'act', 'sact', 'baseline')
-GROUPS = {'resnet': 'ResNet, stage 1 only', 'resnet_tuned': 'ResNet',
+GROUPS = {'resnet_tuned': 'ResNet',
           'act': 'ACT', 'sact': 'SACT'}
 # The kinds trained in the second stage, for --finetune_steps.
 SECOND_STAGE = ('resnet_tuned', 'act', 'sact', 'baseline')
@@ -327,24 +327,35 @@ def table(runs, work_dir, split, sizes):
 
 def plot(runs, work_dir, split, size, path, title):
   """The FLOPs-accuracy curve of the finished runs at one evaluation size:
-  one line per kind (plain ResNets of every depth, ACT, SACT, baselines)."""
-  points = []
+  one line per kind (plain ResNets of every depth after both stages, ACT,
+  SACT, baselines), one point per model at its mean over seeds, with the
+  range over seeds as an error bar. The stage-1 plain networks are in the
+  table only (they have had less training than everything drawn)."""
+  rows = {}
   for run in runs:
     summary = _summary(work_dir, run, split, size)
-    if summary is None:
-      continue
-    (point,) = plot_flops.plot_runs([summary])
-    if run.kind in ('resnet', 'resnet_tuned'):
+    if summary is not None and run.kind != 'resnet':
+      rows.setdefault(_row_key(run), (run, []))[1].append(summary)
+  points = []
+  for run, summaries in rows.values():
+    if run.kind == 'resnet_tuned':
       label, group = f'{run.units}u', GROUPS[run.kind]
     elif run.kind == 'baseline':
       label = f'τ={run.tau:g}'
       group = f'baselines of {run.source.kind.upper()}'
     else:
       label, group = f'τ={run.tau:g}', GROUPS[run.kind]
-    points.append(dict(point, group=group, label=label))
+    accuracy = [p['accuracy'] for p in plot_flops.plot_runs(summaries)]
+    point = dict(group=group, label=label,
+                 flops=float(np.mean([s['flops_mean'] for s in summaries])),
+                 accuracy=float(np.mean(accuracy)))
+    if len(accuracy) > 1:
+      point['accuracy_range'] = (min(accuracy), max(accuracy))
+    points.append(point)
   if points:
     viz.plot_flops_accuracy(points, path, title=title,
-                            ylabel='top-1 accuracy (%)')
+                            ylabel='top-1 accuracy (%), mean and range '
+                            'over seeds')
   return points
 
 

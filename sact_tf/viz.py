@@ -134,7 +134,8 @@ def plot_flops_accuracy(runs, path, title='FLOPs vs accuracy',
   Args:
     runs: list of dicts with `label`, `flops` (mean per image), `accuracy`
       (in [0, 1] or percent) and optionally `group` (e.g. the model type):
-      runs of a group are joined by a line in FLOPs order.
+      runs of a group are joined by a line in FLOPs order; and
+      `accuracy_range` (low, high), e.g. over seeds, drawn as an error bar.
     path: PNG file to write (atomically).
     title: plot title.
     ylabel: label of the accuracy axis (say whether it is in percent).
@@ -153,8 +154,12 @@ def plot_flops_accuracy(runs, path, title='FLOPs vs accuracy',
     members = sorted(members, key=lambda r: r['flops'])
     flops = [r['flops'] for r in members]
     accuracy = [r['accuracy'] for r in members]
-    axis.plot(flops, accuracy, marker='o', label=group)
+    line, = axis.plot(flops, accuracy, marker='o', label=group)
     for run in members:
+      if run.get('accuracy_range') is not None:
+        low, high = run['accuracy_range']
+        axis.vlines(run['flops'], low, high, colors=line.get_color(),
+                    alpha=0.6)
       if run['label'] != group:
         axis.annotate(run['label'], (run['flops'], run['accuracy']),
                       textcoords='offset points', xytext=(4, 4), fontsize=8)

@@ -62,5 +62,14 @@ def test_flops_accuracy_plot(tmp_path):
   ], path)
   image = tf.io.decode_png(tf.io.read_file(path)).numpy()
   assert image.shape == (450, 600, 3) and image.std() > 0
+  # A range (e.g. over seeds, inside the axis span) adds an error bar.
+  viz.plot_flops_accuracy([
+      dict(label='ResNet-101', flops=15.6e9, accuracy=0.760, group='resnet'),
+      dict(label='tau=0.005', flops=11.1e9, accuracy=0.756, group='sact',
+           accuracy_range=(0.748, 0.758)),
+      dict(label='tau=0.01', flops=9.0e9, accuracy=0.745, group='sact'),
+  ], path)
+  with_bar = tf.io.decode_png(tf.io.read_file(path)).numpy()
+  assert (with_bar.min(axis=-1) < 200).sum() > (image.min(axis=-1) < 200).sum()
   with pytest.raises(ValueError, match='empty'):
     viz.plot_flops_accuracy([], path)
