@@ -174,14 +174,13 @@ def flops_per_image(model, images, batch):
 
 def export_and_load(model, folder):
   """`model` exported to `folder` and loaded back: its `serving_default`."""
-  export.export_saved_model(model, folder, overwrite=True,
-                            description=export.describe(model))
+  export.export_saved_model(model, folder, overwrite=True)
   return tf.saved_model.load(folder).signatures['serving_default']
 
 
 def served_calls(signature, images, batch):
   """A no-argument function serving `images` in batches of `batch` (one
-  timed run), and the mean FLOPs and block-3 units per position."""
+  timed run), and the mean FLOPs per image that the signature reports."""
   groups = [tf.constant(images[i:i + batch])
             for i in range(0, len(images), batch)]
 

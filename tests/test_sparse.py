@@ -126,21 +126,65 @@ def test_add_rows_leaves_the_callers_tensor_alone():
   assert float(tf.reduce_sum(y)) == 2.0
 
 
-@pytest.mark.parametrize('center, scale', [(True, True), (False, False)])
-def test_batch_norm_rows_equals_the_layer(center, scale):
+def random_batch_norm(center=True, scale=True, channels=4, seed=0):
   layer = keras.layers.BatchNormalization(center=center, scale=scale,
                                           epsilon=1e-3)
-  layer.build([None, 4])
-  rng = np.random.default_rng(0)
+  layer.build([None, channels])
+  rng = np.random.default_rng(seed)
   for variable, low in ((layer.moving_mean, -2.0),
                         (layer.moving_variance, 0.1),
                         (layer.gamma, 0.5), (layer.beta, -1.0)):
     if variable is not None:
-      variable.assign(rng.uniform(low, low + 3.0, 4).astype(np.float32))
-  rows = tf.constant(rng.normal(size=(5, 4)), tf.float32)
-  np.testing.assert_allclose(sparse.batch_norm_rows(layer, rows),
-                             layer(rows, training=False), rtol=1e-5,
-                             atol=1e-6)
+      variable.assign(rng.uniform(low, low + 3.0, channels).astype(
+          np.float32))
+  return layer
+
+
+# bfloat16 keeps 8 significant bits: results within a few roundings.
+BFLOAT16_RTOL = 2e-2
+
+
+@pytest.mark.parametrize('relu', [False, True])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('center, scale', [(True, True), (False, False)])
+def test_batch_norm_rows_equals_the_layer(center, scale, dtype, relu):
+  # bfloat16 rows take oneDNN's fused batch norm, float32 rows two
+  # elementwise ops: both must be the layer at inference.
+  layer = random_batch_norm(center, scale)
+  rows = tf.constant(np.random.default_rng(1).normal(size=(5, 4)),
+                     tf.float32)
+  expected = layer(rows, training=False).numpy()
+  if relu:
+    expected = np.maximum(expected, 0.0)
+  actual = sparse.batch_norm_rows(layer, tf.cast(rows, dtype), relu=relu)
+  assert actual.dtype == dtype
+  tolerance = 1e-5 if dtype == 'float32' else BFLOAT16_RTOL
+  np.testing.assert_allclose(tf.cast(actual, tf.float32), expected,
+                             rtol=tolerance,
+                             atol=tolerance * np.abs(expected).max())
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('use_bias, kernel_size', [(False, 1), (True, 3)])
+def test_conv_batch_norm_rows_equals_the_layers(use_bias, kernel_size,
+                                                dtype):
+  # In bfloat16 the batch norm is folded into the kernel and bias.
+  conv = keras.layers.Conv2D(3, kernel_size, use_bias=use_bias)
+  conv.build([None, None, None, 4])
+  if use_bias:
+    conv.bias.assign([-2.0, 1.0, 3.0])
+  layer = random_batch_norm(channels=3, seed=2)
+  rows = tf.constant(np.random.default_rng(3).normal(
+      size=(6, kernel_size ** 2 * 4)), tf.float32)
+  expected = layer(tf.reshape(conv(tf.reshape(
+      rows, [6, kernel_size, kernel_size, 4]), training=False), [6, 3]),
+                   training=False).numpy()
+  actual = sparse.conv_batch_norm_rows(conv, layer, tf.cast(rows, dtype))
+  assert actual.dtype == dtype
+  tolerance = 1e-5 if dtype == 'float32' else BFLOAT16_RTOL
+  np.testing.assert_allclose(tf.cast(actual, tf.float32), expected,
+                             rtol=tolerance,
+                             atol=tolerance * np.abs(expected).max())
 
 
 @pytest.mark.parametrize('value', [0, -0.5, 1.5, 'a', None])
@@ -233,6 +277,36 @@ def test_gathered_unit_equals_dense_and_masked(unit_name, size, mask_name):
   compiled = tf.function(lambda x, active: unit(x, active))
   with sparse.execution(dense_fraction=1.0):  # Read when traced.
     assert relative_error(compiled(x, active).numpy(), expected) <= 1e-5
+
+
+@pytest.mark.parametrize('unit_name', ['bottleneck', 'cifar'])
+def test_gathered_unit_equals_dense_in_bfloat16(unit_name):
+  # The rows' bfloat16 forms (fused batch norm, folded kernels) against
+  # the dense bfloat16 unit and the float32 one with the same weights.
+  x = np.random.default_rng(6).normal(0, 1, (2, 7, 9, 12)).astype(np.float32)
+  reference = unit_cases()[unit_name]()
+  reference(tf.constant(x[..., :reference.depth]))
+  randomise_batch_norms(reference, 7)
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    unit = unit_cases()[unit_name]()
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  low = tf.constant(x[..., :unit.depth], tf.bfloat16)
+  unit(low)
+  unit.set_weights(reference.get_weights())
+  active = MASKS['random'](x.shape[:3])
+  with sparse.execution(sparse=False):
+    dense = tf.cast(unit(low, active), tf.float32).numpy()
+    exact = reference(tf.constant(x[..., :unit.depth]), active).numpy()
+  with sparse.execution(sparse=True, dense_fraction=1.0):
+    gathered = unit(low, active)
+  assert gathered.dtype == tf.bfloat16
+  gathered = tf.cast(gathered, tf.float32).numpy()
+  assert relative_error(gathered, dense) <= BFLOAT16_RTOL
+  assert relative_error(gathered, exact) <= BFLOAT16_RTOL
+  inactive = ~active.numpy()
+  np.testing.assert_array_equal(gathered[inactive], dense[inactive])
 
 
 def test_unit_paths_by_density():

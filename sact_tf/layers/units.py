@@ -242,14 +242,14 @@ class BottleneckUnit(protocols.ResidualUnit):
       `[n, depth]`, the residual at the centres.
     """
     def conv1(rows):
-      preact = tf.nn.relu(sparse_lib.batch_norm_rows(self.preact, rows))
-      return tf.nn.relu(sparse_lib.batch_norm_rows(
-          self.conv1_bn, sparse_lib.conv_rows(self.conv1, preact)))
+      preact = sparse_lib.batch_norm_rows(self.preact, rows, relu=True)
+      return tf.nn.relu(sparse_lib.conv_batch_norm_rows(
+          self.conv1, self.conv1_bn, preact))
 
     residual = sparse_lib.im2col(
         [conv1(rows) for rows in sparse_lib.row_blocks(table)], neighbours)
-    residual = tf.nn.relu(sparse_lib.batch_norm_rows(
-        self.conv2_bn, sparse_lib.conv_rows(self.conv2, residual)))
+    residual = tf.nn.relu(sparse_lib.conv_batch_norm_rows(
+        self.conv2, self.conv2_bn, residual))
     return sparse_lib.conv_rows(self.conv3, residual)
 
   def compute_output_shape(self, input_shape):
@@ -402,8 +402,8 @@ class CifarUnit(protocols.ResidualUnit):
     residual = sparse_lib.im2col(
         preact_rows(sparse_lib.positions(outer)),
         sparse_lib.neighbour_rows(sparse_lib.positions(middle), outer))
-    residual = self._conv1_activation(sparse_lib.batch_norm_rows(
-        self.conv1_bn, sparse_lib.conv_rows(self.conv1, residual)))
+    residual = self._conv1_activation(sparse_lib.conv_batch_norm_rows(
+        self.conv1, self.conv1_bn, residual))
     residual = sparse_lib.conv_rows(self.conv2, sparse_lib.im2col(
         residual, sparse_lib.neighbour_rows(centres, middle)))
     if self.activate_before_residual:
