@@ -292,8 +292,8 @@ def batch_norm_rows(batch_norm, rows, relu=False):
         tf.reshape(rows, [1, 1, -1, channels]),
         _value(batch_norm.gamma, channels, 1.0),
         _value(batch_norm.beta, channels, 0.0),
-        mean=tf.convert_to_tensor(batch_norm.moving_mean),
-        variance=tf.convert_to_tensor(batch_norm.moving_variance),
+        mean=tf.cast(batch_norm.moving_mean, tf.float32),
+        variance=tf.cast(batch_norm.moving_variance, tf.float32),
         epsilon=batch_norm.epsilon, is_training=False)
     # The ReLU on the op's own output (not after the reshape), so that
     # Grappler fuses it into the op.
@@ -306,8 +306,9 @@ def batch_norm_rows(batch_norm, rows, relu=False):
 
 
 def _value(variable, channels, default):
-  """A batch norm's gamma or beta as a float32 tensor (`default` where the
-  layer has none: `scale=False` / `center=False`)."""
+  """A batch norm's gamma or beta as a float32 tensor, as the fused op needs
+  it whatever the layer's variable dtype (`default` where the layer has
+  none: `scale=False` / `center=False`)."""
   if variable is None:
     return tf.fill([channels], default)
   return tf.cast(variable, tf.float32)
