@@ -100,20 +100,17 @@ def scenes(count, height, width, seed=0):
 
 
 def halting_heads(model):
-  """[(kernels, local bias)] of every halting head of `model`: the kernels
-  of its local and global terms, and the bias of the halting logit."""
-  variables = {v.path: v for v in model.variables if '_halting/' in v.path}
-  pairs = []
-  for path, bias in sorted(variables.items()):
-    if path.endswith('/local_conv/bias'):
-      head = path[:-len('local_conv/bias')]
-      kernels = [variables[head + f'{term}_conv/kernel']
-                 for term in ('local', 'global')]
-      pairs.append((kernels, bias))
-  if not pairs:
+  """[(kernels, local bias)] of every SACT halting head of `model`: the
+  kernels of its local and global terms, and the bias of the halting
+  logit."""
+  heads = [head for block in model.blocks
+           for head in getattr(block, 'halting_heads', ())
+           if hasattr(head, 'local_conv')]
+  if not heads:
     raise ValueError(f'{model.name} has no halting heads: build it with '
                      "model_type='sact' and some block of 2 units or more.")
-  return pairs
+  return [([head.local_conv.kernel, head.global_conv.kernel],
+           head.local_conv.bias) for head in heads]
 
 
 class Halting:

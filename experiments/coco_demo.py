@@ -127,9 +127,9 @@ def main(argv):
   detectors = [('ResNet (plain)', 'resnet', 0.0, 'resnet')] + [
       (f'SACT tau={tau:g}', 'sact', tau, f'sact_tau{tau:g}') for tau in taus]
   for seed in seeds:
-    for name, model_type, tau, folder in detectors:
-      if seed:
-        name, folder = f'{name} seed {seed}', f'{folder}_seed{seed}'
+    for detector, model_type, tau, folder in detectors:
+      name = f'{detector} seed {seed}' if seed else detector
+      folder = f'{folder}_seed{seed}' if seed else folder
       model_dir = os.path.join(FLAGS.work_dir, folder)
       started = time.time()
       summary = coco.main(['coco', *DETECTOR, *model, *size, *data,
@@ -142,7 +142,7 @@ def main(argv):
       runs.update()
       summary = train_config.read_json(summary['path'])
       rows.append((name, summary))
-      pooled.setdefault(name.split(' seed ')[0], []).append(summary)
+      pooled.setdefault(detector, []).append(summary)
   runs.close()
   print('\nclutter_digits_detection test: Table 1 in miniature\n')
   print(evaluation.format_comparison(rows))

@@ -105,8 +105,7 @@ QUICK = dict(depths='1,3', taus='0.08', train_steps=200, finetune_steps=120)
 # What every run shares (experiments.cifar10's recipe otherwise).
 COMMON = ['--summary_every=200', '--keep_checkpoints=1']
 KINDS = ('resnet', 'resnet_tuned', 'act', 'sact', 'baseline')
-GROUPS = {'resnet_tuned': 'ResNet',
-          'act': 'ACT', 'sact': 'SACT'}
+GROUPS = {'resnet_tuned': 'ResNet', 'act': 'ACT', 'sact': 'SACT'}
 # The kinds trained in the second stage, for --finetune_steps.
 SECOND_STAGE = ('resnet_tuned', 'act', 'sact', 'baseline')
 
