@@ -348,16 +348,38 @@ def test_residual_after_preact_is_the_dense_residual():
     strided.residual_after_preact(preact, False)
 
 
-def test_training_mode_is_dense_and_masked():
+@pytest.mark.parametrize('spatial', [True, False])
+@pytest.mark.parametrize('unit_name', sorted(unit_cases()))
+def test_training_mode_is_dense_and_masked(unit_name, spatial):
   # Batch statistics over gathered positions would differ: training calls
-  # must give exactly what the dense path gives.
-  unit = units.BottleneckUnit(8, 2)
-  x = tf.random.normal([2, 5, 6, 8])
+  # must give exactly what the dense path gives, and its gradients (the
+  # masked residual's backward pass differs in form, not in value).
+  unit = unit_cases()[unit_name]()
+  x = tf.random.normal([3, 5, 6, unit.depth], seed=10)
   unit(x)
-  active = random_mask([2, 5, 6], 0.3, 10)
-  expected = tf.where(active[..., tf.newaxis], unit.dense(x, True), x)
-  np.testing.assert_array_equal(unit(x, active, training=True).numpy(),
-                                expected.numpy())
+  randomise_batch_norms(unit, 10)
+  active = (random_mask([3, 5, 6], 0.3, 10) if spatial
+            else tf.constant([True, False, True]))
+  mask = tf.reshape(active, active.shape + [1] * (4 - active.shape.rank))
+  weights = tf.random.normal([3, 5, 6, unit.depth], seed=11)
+
+  def loss_and_gradients(call):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      out = call()
+      loss = tf.reduce_sum(out * weights)
+    return out, tape.gradient(loss, [x] + unit.trainable_variables)
+
+  expected, expected_grads = loss_and_gradients(
+      lambda: tf.where(mask, unit.dense(x, True), x))
+  for sparse_flag in (True, False):
+    with sparse.execution(sparse=sparse_flag):
+      actual, grads = loss_and_gradients(
+          lambda: unit(x, active, training=True))
+    np.testing.assert_array_equal(actual.numpy(), expected.numpy())
+    for grad, expected_grad in zip(grads, expected_grads):
+      np.testing.assert_allclose(grad.numpy(), expected_grad.numpy(),
+                                 rtol=1e-6, atol=1e-6)
 
 
 def test_masked_unit_must_keep_stride_and_depth():

@@ -85,6 +85,22 @@ def mask_state(new, old, active):
   return tf.where(mask, new, old)
 
 
+def add_where(x, residual, active):
+  """`x + residual` where `active` (`[B]` or `[B, H, W]`), `x` elsewhere.
+
+  The same values as `mask_state(x + residual, x, active)`, computed as
+  `x + where(active, residual, 0)`: in the backward pass `x`'s gradient
+  passes through unchanged and only `residual`'s is masked (one select),
+  where `mask_state`'s form needs a select for each of its inputs and their
+  sum for `x`'s gradient. At inference `mask_state` is the better form: the add of
+  `x + residual` fuses into the convolution that makes `residual`.
+  """
+  mask = active
+  while mask.shape.rank < 4:
+    mask = mask[..., tf.newaxis]
+  return x + tf.where(mask, residual, tf.zeros([], residual.dtype))
+
+
 def same_size(size, stride):
   """Output size of a stride-`stride` conv with 'same'/fixed padding."""
   return (size + stride - 1) // stride

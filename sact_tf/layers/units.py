@@ -71,7 +71,7 @@ def _call(unit, x, active, training):
     return unit.dense(x, training)
   active = tf.convert_to_tensor(active)
   _check_masked(unit, active)
-  masked = lambda: common.mask_state(unit.dense(x, training), x, active)
+  masked = lambda: _masked(unit, x, active, training)
   settings = sparse_lib.current_execution()
   if not settings.sparse:
     return masked()
@@ -84,6 +84,20 @@ def _call(unit, x, active, training):
           sparse_lib.GATHERED:
               (lambda: unit.gathered(x, active)) if gathers else masked,
       })
+
+
+def _masked(unit, x, active, training):
+  """The unit's output where `active`, `x` elsewhere, computed densely.
+
+  In training, where the unit's shortcut is `x` itself (`_dense_parts`),
+  as `x + where(active, residual, 0)` (`common.add_where`: a cheaper
+  backward pass, the same values).
+  """
+  if training:
+    shortcut, residual = unit._dense_parts(x, training)  # pylint: disable=protected-access
+    if shortcut is x:
+      return common.add_where(x, residual, active)
+  return common.mask_state(unit.dense(x, training), x, active)
 
 
 @keras.saving.register_keras_serializable('sact_tf')
@@ -194,8 +208,13 @@ class BottleneckUnit(protocols.ResidualUnit):
     return tf.zeros([self.depth], self.compute_dtype)
 
   def _dense_parts(self, x, training):
+    """(shortcut, residual); the shortcut is `x` itself where the unit
+    keeps stride and depth (no identity slice: its gradient would be a
+    pass over the state)."""
     preact = tf.nn.relu(self.preact(x, training=training))
-    if self.shortcut is None:
+    if self.shortcut is None and self.stride == 1:
+      shortcut = x
+    elif self.shortcut is None:
       shortcut = x[:, ::self.stride, ::self.stride, :]
     else:
       shortcut = self.shortcut(preact)
@@ -372,6 +391,12 @@ class CifarUnit(protocols.ResidualUnit):
 
   def dense(self, x, training):
     """The unit's output at every position, `[B, H', W', depth]`."""
+    shortcut, residual = self._dense_parts(x, training)
+    return shortcut + residual
+
+  def _dense_parts(self, x, training):
+    """(shortcut, residual) of `dense`; the shortcut is `x` itself unless
+    it is activated, pooled or padded."""
     preact = self._activation(self.preact(x, training=training))
     shortcut = preact if self.activate_before_residual else x
     residual = self._conv1_activation(
@@ -381,7 +406,7 @@ class CifarUnit(protocols.ResidualUnit):
       shortcut = tf.nn.avg_pool2d(shortcut, self.stride, self.stride, 'SAME')
       pad = (self.depth - self.depth_in) // 2
       shortcut = tf.pad(shortcut, [[0, 0], [0, 0], [0, 0], [pad, pad]])
-    return shortcut + residual
+    return shortcut, residual
 
   def gathered(self, x, active):
     """`x` with the unit applied at the `active` positions (inference)."""
