@@ -584,6 +584,39 @@ def test_act_units_run_on_the_active_images_only():
   np.testing.assert_array_equal(out['output'], np.ones([4, 2, 3, 2]))
 
 
+def graph_op_types(function, *args):
+  """The op types of a traced function's graph and of its nested
+  functions (loop bodies, branches)."""
+  graph = function.get_concrete_function(*args).graph
+  types = {op.type for op in graph.get_operations()}
+  for nested in graph._functions.values():  # pylint: disable=protected-access
+    types |= {node.op for node in nested.definition.node_def}
+  return types
+
+
+@pytest.mark.parametrize('compiled', [False, True])
+def test_training_calls_stop_once_nothing_is_active(compiled):
+  # Training-mode calls unroll the loop (a tf.cond per unit): every image
+  # runs each unit while any is active (dense, masked), and no unit runs
+  # once all have halted.
+  recorders = [BatchRecorder() for _ in range(5)]
+  block = blocks.ACTBlock(recorders, [PositiveStateHead() for _ in range(4)])
+  x = tf.broadcast_to(tf.constant([-2.0, 0.0, -1.0, 0.0])[:, None, None, None],
+                      [4, 2, 3, 2])
+  call = lambda x: block(x, training=True)
+  if compiled:
+    call = tf.function(call)
+    ops = graph_op_types(call, x)
+    assert not ops & {'While', 'StatelessWhile'}
+    assert ops & {'If', 'StatelessIf'}
+    inference = tf.function(lambda x: block(x, training=False))
+    assert graph_op_types(inference, x) & {'While', 'StatelessWhile'}
+  out = call(x)
+  np.testing.assert_array_equal(out['num_units'], [3, 1, 2, 1])
+  assert [int(r.images) for r in recorders] == [4, 4, 4, 0, 0]
+  np.testing.assert_array_equal(out['output'], np.ones([4, 2, 3, 2]))
+
+
 @pytest.mark.parametrize('block_cls', [blocks.ACTBlock, blocks.SACTBlock])
 def test_gradients_through_the_sparse_path(block_cls):
   # Inference-mode batch norm with a tape: fine-tuning with frozen batch
