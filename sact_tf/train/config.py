@@ -320,8 +320,9 @@ class RunConfig(Section):
       loss).
     sync_batch_norm: batch norm statistics over all replicas' examples
       (Keras' synchronised batch norm) instead of each replica's own; plain
-      ResNets only (ACT/SACT units run inside a `tf.while_loop`, where a
-      replica cannot synchronise).
+      ResNets only (ACT/SACT units run inside the halting loop's control
+      flow, a `tf.cond` per unit in training, where a replica cannot
+      synchronise).
     steps_per_loop: training steps per `tf.function` call; the host
       synchronises (NaN check, metrics, summaries) once per loop.
     replicas: replicas the run trained with (recorded by training).
@@ -409,12 +410,13 @@ class Config:
       getattr(self, name).validate()
     if self.run.sync_batch_norm and self.model.model_type != 'resnet':
       # Keras' synchronised batch norm all-reduces in each call, which
-      # MirroredStrategy cannot do inside the halting loop's tf.while_loop.
+      # MirroredStrategy cannot do inside the halting loop's control flow
+      # (a tf.cond per unit in training).
       raise ValueError(
           f'run.sync_batch_norm (--sync_batch_norm) needs a plain ResNet '
           f'(model_type resnet), not {self.model.model_type}: the units of '
-          'ACT/SACT blocks run inside a tf.while_loop, where a replica '
-          'cannot synchronise. Train the plain network with it and '
+          'ACT/SACT blocks run inside control flow (a tf.cond per unit), '
+          'where a replica cannot synchronise. Train the plain network with it and '
           'fine-tune ACT/SACT without (--finetune_from).')
 
   @classmethod
