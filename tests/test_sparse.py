@@ -380,6 +380,15 @@ def test_training_mode_is_dense_and_masked(unit_name, spatial):
     for grad, expected_grad in zip(grads, expected_grads):
       np.testing.assert_allclose(grad.numpy(), expected_grad.numpy(),
                                  rtol=1e-6, atol=1e-6)
+  # One training call updates each batch norm's moving statistics once.
+  before = [v.numpy() for v in unit.non_trainable_variables]
+  unit.dense(x, True)
+  once = [v.numpy() for v in unit.non_trainable_variables]
+  for variable, value in zip(unit.non_trainable_variables, before):
+    variable.assign(value)
+  unit(x, active, training=True)
+  for variable, value in zip(unit.non_trainable_variables, once):
+    np.testing.assert_allclose(variable.numpy(), value, rtol=1e-6)
 
 
 def test_masked_unit_must_keep_stride_and_depth():

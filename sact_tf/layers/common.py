@@ -92,8 +92,9 @@ def add_where(x, residual, active):
   `x + where(active, residual, 0)`: in the backward pass `x`'s gradient
   passes through unchanged and only `residual`'s is masked (one select),
   where `mask_state`'s form needs a select for each of its inputs and their
-  sum for `x`'s gradient. At inference `mask_state` is the better form: the add of
-  `x + residual` fuses into the convolution that makes `residual`.
+  sum for `x`'s gradient. At inference `mask_state` is the better form:
+  the add of `x + residual` fuses into the convolution that makes
+  `residual`.
   """
   mask = active
   while mask.shape.rank < 4:

@@ -93,11 +93,14 @@ def _masked(unit, x, active, training):
   as `x + where(active, residual, 0)` (`common.add_where`: a cheaper
   backward pass, the same values).
   """
-  if training:
-    shortcut, residual = unit._dense_parts(x, training)  # pylint: disable=protected-access
-    if shortcut is x:
-      return common.add_where(x, residual, active)
-  return common.mask_state(unit.dense(x, training), x, active)
+  if not training:
+    return common.mask_state(unit.dense(x, training), x, active)
+  # One call of the parts: a second would update the batch norms twice.
+  parts = unit._dense_parts  # pylint: disable=protected-access
+  shortcut, residual = parts(x, training)
+  if shortcut is x:
+    return common.add_where(x, residual, active)
+  return common.mask_state(shortcut + residual, x, active)
 
 
 @keras.saving.register_keras_serializable('sact_tf')

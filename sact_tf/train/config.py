@@ -416,8 +416,8 @@ class Config:
           f'run.sync_batch_norm (--sync_batch_norm) needs a plain ResNet '
           f'(model_type resnet), not {self.model.model_type}: the units of '
           'ACT/SACT blocks run inside control flow (a tf.cond per unit), '
-          'where a replica cannot synchronise. Train the plain network with it and '
-          'fine-tune ACT/SACT without (--finetune_from).')
+          'where a replica cannot synchronise. Train the plain network '
+          'with it and fine-tune ACT/SACT without (--finetune_from).')
 
   @classmethod
   def section_classes(cls):
