@@ -96,10 +96,7 @@ def add_where(x, residual, active):
   the add of `x + residual` fuses into the convolution that makes
   `residual`.
   """
-  mask = active
-  while mask.shape.rank < 4:
-    mask = mask[..., tf.newaxis]
-  return x + tf.where(mask, residual, tf.zeros([], residual.dtype))
+  return x + mask_state(residual, tf.zeros([], residual.dtype), active)
 
 
 def same_size(size, stride):
